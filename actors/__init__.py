@@ -1,0 +1,1 @@
+"""Supervisor process: pykka actors and the pure decisions they call."""

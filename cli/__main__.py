@@ -1,0 +1,3 @@
+from macprovider.cli.main import main
+
+main()

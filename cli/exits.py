@@ -1,0 +1,32 @@
+"""The one table from typed errors to process exit codes (sysexits.h numbering)."""
+
+from __future__ import annotations
+
+from macprovider.server.errors import (
+    ConfigError,
+    ModelLoadError,
+    ModelNotFoundError,
+    PortUnavailable,
+    ServeError,
+)
+
+EX_USAGE = 64  # a bad flag, environment variable or config value
+EX_DATAERR = 65  # the model's files exist but cannot be loaded
+EX_NOINPUT = 66  # the model id or path resolves to nothing on this machine
+EX_UNAVAILABLE = 69  # the address to listen on is taken
+EX_SOFTWARE = 70  # anything unexpected (a bug)
+
+EXIT_CODES: dict[type[Exception], int] = {
+    ConfigError: EX_USAGE,
+    ModelLoadError: EX_DATAERR,
+    ModelNotFoundError: EX_NOINPUT,
+    PortUnavailable: EX_UNAVAILABLE,
+    ServeError: EX_SOFTWARE,
+}
+
+
+def exit_code_for(error: Exception) -> int:
+    for kind in type(error).__mro__:
+        if kind in EXIT_CODES:
+            return EXIT_CODES[kind]
+    return EX_SOFTWARE

@@ -1,0 +1,80 @@
+"""`macprovider-supervise`: the command-line front."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import psutil
+
+from macprovider.cli.exits import EX_USAGE, exit_code_for
+from macprovider.server.config import SERVE_OPTIONS, resolve_serve_config
+from macprovider.server.errors import ServeError
+from macprovider.server.models import resolve_model_path
+
+PROG = "macprovider-supervise"
+log = logging.getLogger("macprovider")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="macprovider", prog_name=PROG)
+def cli() -> None:
+    """Serve, autotune and supervise an MLX model for an LLM-inference pool."""
+
+
+def knob_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per knob of the shared resolver, values kept as text so every source
+    (flag, environment, YAML) is validated by the same code with the same messages."""
+    for option in reversed(SERVE_OPTIONS):
+        help_text = f"{option.help} [env {option.env}; default: {option.default_help}]"
+        metavar = option.name.upper()
+        fn = click.option(
+            option.flag, option.name, type=str, default=None, metavar=metavar, help=help_text
+        )(fn)
+    return fn
+
+
+@cli.command()
+@knob_options
+@click.option(
+    "--no-join",
+    is_flag=True,
+    help="Open no outbound connection at all (no coordinator pool); serve locally only.",
+)
+def serve(no_join: bool, **knobs: str | None) -> None:
+    """Serve one MLX model through an OpenAI-compatible API.
+
+    Each knob resolves flag > environment > YAML config > default. Endpoints:
+    /v1/models (200 once loaded), /v1/chat/completions, /v1/completions,
+    /health, /metrics. SIGINT/SIGTERM drain in-flight requests and exit 0.
+    Exit codes: 64 bad knob, 65 model unloadable, 66 model not found, 69 port taken.
+    """
+    config = resolve_serve_config(knobs, os.environ, ram_bytes=psutil.virtual_memory().total)
+    assert config.model is not None  # require_model=True guarantees it
+    model_path = resolve_model_path(config.model)
+    if config.coordinator_endpoint and not no_join:
+        log.warning(
+            "joining the pool at %s is not implemented yet; serving locally only",
+            config.coordinator_endpoint,
+        )
+    from macprovider.server.main import run  # MLX loads only once the knobs are known good
+
+    sys.exit(run(config, model_path))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    try:
+        cli.main(prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(EX_USAGE)
+    except ServeError as error:
+        click.echo(f"{PROG}: error: {error}", err=True)
+        sys.exit(exit_code_for(error))

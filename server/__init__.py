@@ -1,0 +1,1 @@
+"""Provider process: OpenAI-compatible HTTP API over one MLX engine thread."""

@@ -1,0 +1,249 @@
+"""The endpoints: /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from macprovider.server import api
+from macprovider.server.engine import Event, JobFailed, JobFinished, TextDelta
+from macprovider.server.errors import (
+    ApiError,
+    BadRequest,
+    ContextLengthExceeded,
+    NotFound,
+    NotReady,
+    ServerError,
+    ShuttingDown,
+)
+from macprovider.server.provider import Generation, Provider
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How one endpoint spells its responses: the only difference between chat and completions."""
+
+    id_prefix: str
+    full_object: str
+    chunk_object: str
+    prompt_param: str
+
+    def full_choice(self, text: str, finish: str) -> dict[str, Any]:
+        if self.prompt_param == "messages":
+            message = {"role": "assistant", "content": text}
+            return {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+
+    def chunk_choice(self, text: str, finish: str | None, first: bool) -> dict[str, Any]:
+        if self.prompt_param == "messages":
+            delta: dict[str, str] = {"role": "assistant"} if first else {}
+            if text or not finish:
+                delta["content"] = text
+            return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+
+
+CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", "messages")
+COMPLETION = Shape("cmpl", "text_completion", "text_completion", "prompt")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The fields every response object of one request shares."""
+
+    shape: Shape
+    id: str
+    created: int
+    model: str
+
+    def envelope(self, obj: str, **fields: Any) -> dict[str, Any]:
+        head = {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+        return head | fields
+
+
+def usage(finished: JobFinished) -> dict[str, int]:
+    return {
+        "prompt_tokens": finished.prompt_tokens,
+        "completion_tokens": finished.completion_tokens,
+        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+    }
+
+
+def _outcome(batch: list[Event]) -> tuple[str, JobFinished | None]:
+    """The text of a batch of events and, if the job ended, how; raises if it failed."""
+    text = "".join(e.text for e in batch if isinstance(e, TextDelta))
+    end = batch[-1]
+    if isinstance(end, JobFailed):
+        raise ServerError(end.message)
+    if isinstance(end, JobFinished):
+        if end.finish_reason == "cancelled":
+            raise ShuttingDown("the server is shutting down; the request was cancelled")
+        return text, end
+    return text, None
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def stream_chunks(
+    generation: Generation, reply: Reply, include_usage: bool
+) -> AsyncIterator[bytes]:
+    shape, first = reply.shape, True
+    try:
+        async for batch in generation.batches():
+            text, end = _outcome(batch)
+            finish = end.finish_reason if end else None
+            extra = {"usage": usage(end)} if end else {}
+            choice = shape.chunk_choice(text, finish, first)
+            yield _sse(reply.envelope(shape.chunk_object, choices=[choice], **extra))
+            first = False
+            if end and include_usage:
+                yield _sse(reply.envelope(shape.chunk_object, choices=[], usage=usage(end)))
+    except ApiError as error:
+        from macprovider.server.app import error_body
+
+        yield _sse(error_body(error))
+    yield b"data: [DONE]\n\n"
+
+
+async def collect(generation: Generation, reply: Reply) -> dict[str, Any]:
+    parts: list[str] = []
+    try:
+        async for batch in generation.batches():
+            text, end = _outcome(batch)
+            parts.append(text)
+            if end is not None:
+                choice = reply.shape.full_choice("".join(parts), end.finish_reason)
+                return reply.envelope(reply.shape.full_object, choices=[choice], usage=usage(end))
+    finally:
+        generation.close()
+    raise ServerError("generation ended without a result")
+
+
+class ClosingBody:
+    """A streaming body whose `aclose` frees the job even if streaming never started."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], generation: Generation):
+        self._chunks = chunks
+        self._generation = generation
+
+    def __aiter__(self) -> ClosingBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        self._generation.close()
+        await self._chunks.aclose()  # type: ignore[attr-defined]
+
+
+def chat_encoder(provider: Provider, req: api.ChatRequest) -> Callable[[], list[int]]:
+    tokenizer: Any = provider.tokenizer
+
+    def encode() -> list[int]:
+        try:
+            text = tokenizer.apply_chat_template(
+                list(req.messages), add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # the template's own complaint is the useful message
+            raise BadRequest(f"messages rejected by the chat template: {exc}") from None
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    return encode
+
+
+def completion_encoder(provider: Provider, req: api.CompletionRequest) -> Callable[[], list[int]]:
+    tokenizer: Any = provider.tokenizer
+    prompt = req.prompt
+
+    def encode() -> list[int]:
+        if isinstance(prompt, str):
+            return list(tokenizer.encode(prompt))
+        vocab = len(tokenizer)
+        if max(prompt) >= vocab:
+            raise BadRequest(f"token ids must be below the vocabulary size {vocab}", param="prompt")
+        return list(prompt)
+
+    return encode
+
+
+async def generate(
+    provider: Provider, shape: Shape, params: api.GenerationParams, encoder: Callable[[], list[int]]
+) -> Response:
+    if not provider.accepts_model(params.model):
+        raise NotFound(
+            f"model {params.model!r} is not served here; this server serves {provider.served_id!r}",
+            param="model",
+            code="model_not_found",
+        )
+    prompt = await provider.encode(encoder)
+    limit = provider.config.max_context
+    if len(prompt) > limit:
+        raise ContextLengthExceeded(
+            f"the prompt is {len(prompt)} tokens; this server's context is {limit} tokens",
+            param=shape.prompt_param,
+            code="context_length_exceeded",
+        )
+    if not prompt:
+        raise BadRequest("the prompt encodes to no tokens", param=shape.prompt_param)
+    generation = provider.admit(prompt, params)
+    reply = Reply(
+        shape, f"{shape.id_prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), provider.served_id
+    )
+    if params.stream:
+        chunks = stream_chunks(generation, reply, params.include_usage)
+        body = ClosingBody(chunks, generation)
+        return Response(body, mimetype="text/event-stream", headers=SSE_HEADERS)
+    return Response(json.dumps(await collect(generation, reply)), mimetype="application/json")
+
+
+async def _json_body(provider: Provider) -> dict[str, Any]:
+    body = api.decode_json_body(await request.get_data())
+    if not provider.ready:
+        raise NotReady("the model is still loading", code="model_loading")
+    return body
+
+
+def register(app: QuartTrio, provider: Provider) -> None:
+    max_context = provider.config.max_context
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        req = api.parse_chat_request(await _json_body(provider), max_context=max_context)
+        return await generate(provider, CHAT, req.params, chat_encoder(provider, req))
+
+    @app.post("/v1/completions")
+    async def completions() -> Response:
+        req = api.parse_completion_request(await _json_body(provider), max_context=max_context)
+        return await generate(provider, COMPLETION, req.params, completion_encoder(provider, req))
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        if not provider.ready:
+            raise NotReady("the model is still loading", code="model_loading")
+        entry = {
+            "id": provider.served_id,
+            "object": "model",
+            "created": provider.created,
+            "owned_by": "macprovider",
+        }
+        return {"object": "list", "data": [entry]}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model_loaded": provider.ready}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(provider.metrics.render(), mimetype="text/plain; version=0.0.4")

@@ -1,0 +1,145 @@
+"""Shared fixtures: the fixture models, and real `serve` processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 120.0
+POLL_INTERVAL = 0.1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Polls `predicate` until true, failing with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(POLL_INTERVAL)
+
+
+def supervise_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "macprovider.cli", *args]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without the developer's MACPROVIDER_* variables or config file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MACPROVIDER_")}
+    env["XDG_CONFIG_HOME"] = str(ROOT / "build" / "no-such-config-home")
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """A real `macprovider-supervise serve` child on a free loopback port."""
+
+    def __init__(self, model: Path, log_path: Path, *flags: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        argv = supervise_argv("serve", "--no-join", "--model", str(model))
+        argv += ["--port", str(self.port), *flags]
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env or clean_env()
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> ServerProcess:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                return httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, READY_TIMEOUT, f"{self.url}/v1/models to answer 200")
+        return self
+
+    def metric(self, name: str, labels: str = "") -> float:
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith(f"{name}{labels} ") or line.startswith(f"{name}{{{labels}}} "):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"metric {name}{labels} not found in:\n{text}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "ops" / "fixtures.py")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def small_model(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "small"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "tiny"
+
+
+StartServer = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    """Starts servers on demand (`start_server(model, *flags)`), stops them all afterwards."""
+    started: list[ServerProcess] = []
+
+    def start(model: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(model, tmp_path / f"serve-{len(started)}.log", *flags, env=env)
+        started.append(server)
+        return server.wait_ready()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, small_model: Path
+) -> Iterator[ServerProcess]:
+    """One `small` server at --max-batch 4 for the tests that only need a working API."""
+    log = tmp_path_factory.mktemp("shared") / "serve.log"
+    server = ServerProcess(small_model, log, "--max-batch", "4").wait_ready()
+    yield server
+    server.stop()
