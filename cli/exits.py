@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from macprovider.server.errors import (
     ConfigError,
+    EngineDied,
     ModelLoadError,
     ModelNotFoundError,
     PortUnavailable,
@@ -18,6 +19,7 @@ EX_SOFTWARE = 70  # anything unexpected (a bug)
 
 EXIT_CODES: dict[type[Exception], int] = {
     ConfigError: EX_USAGE,
+    EngineDied: EX_SOFTWARE,
     ModelLoadError: EX_DATAERR,
     ModelNotFoundError: EX_NOINPUT,
     PortUnavailable: EX_UNAVAILABLE,

@@ -45,7 +45,7 @@ def knob_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     is_flag=True,
     help="Open no outbound connection at all (no coordinator pool); serve locally only.",
 )
-def serve(no_join: bool, **knobs: str | None) -> None:
+def serve(no_join: bool, **knobs: str | None) -> int:
     """Serve one MLX model through an OpenAI-compatible API.
 
     Each knob resolves flag > environment > YAML config > default. Endpoints:
@@ -63,18 +63,31 @@ def serve(no_join: bool, **knobs: str | None) -> None:
         )
     from macprovider.server.main import run  # MLX loads only once the knobs are known good
 
-    sys.exit(run(config, model_path))
+    return run(config, model_path)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    code = _invoke()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "mlx.core" in sys.modules:
+        # Everything is released by now. Interpreter teardown can race MLX's C++ worker
+        # threads and abort (SIGABRT, seen intermittently), so the process leaves without it.
+        os._exit(code)
+    sys.exit(code)
+
+
+def _invoke() -> int:
+    """Runs the command line; returns the exit code, with typed errors mapped to theirs."""
     try:
-        cli.main(prog_name=PROG, standalone_mode=False)
+        result = cli.main(prog_name=PROG, standalone_mode=False)
     except click.exceptions.Abort:
-        sys.exit(130)
+        return 130
     except click.ClickException as error:
         error.show()
-        sys.exit(EX_USAGE)
+        return EX_USAGE
     except ServeError as error:
         click.echo(f"{PROG}: error: {error}", err=True)
-        sys.exit(exit_code_for(error))
+        return exit_code_for(error)
+    return result if isinstance(result, int) else 0

@@ -26,6 +26,13 @@ class MergeableQuantizedKVCache(QuantizedKVCache):  # type: ignore[misc]
     def size(self) -> int:
         return int(self.offset)
 
+    @property
+    def nbytes(self) -> int:
+        # The parent's version fails on a cache that holds nothing yet.
+        if self.keys is None:
+            return 0
+        return sum(int(x.nbytes) for x in (*self.keys, *self.values))
+
     @classmethod
     def merge(cls, caches: list[MergeableQuantizedKVCache]) -> BatchQuantizedKVCache:
         return BatchQuantizedKVCache.merge(caches)

@@ -10,6 +10,7 @@ once per step with every job's events of that step.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -29,6 +30,8 @@ from macprovider.server.batch_cache import GROUP_SIZE, MergeableQuantizedKVCache
 from macprovider.server.errors import ModelLoadError
 from macprovider.server.metrics import Metrics
 from macprovider.server.stops import StopStringFilter
+
+log = logging.getLogger("macprovider.serve")
 
 # Reading the KV-cache size walks every layer's arrays, so it is refreshed whenever the batch
 # changes and otherwise once per this many steps.
@@ -171,7 +174,7 @@ class Engine:
         try:
             self._load()
         except Exception as exc:  # the loader's own error text is the operator's best clue
-            self.load_error = f"cannot load model from {self.model_path}: {exc}"
+            self.load_error = f"cannot load the model in {self.model_path}: {exc}"
             self.finished.set()
             self.ready.set()
             return
@@ -200,17 +203,25 @@ class Engine:
 
     def _serve_forever(self) -> None:
         while True:
-            for command in self._take_commands(block=not (self._active or self._waiting)):
-                if isinstance(command, _Stop):
-                    self._end_all("cancelled")
-                    return
-                if isinstance(command, _Submit):
-                    self._waiting.append(command.job)
-                else:
-                    self._drop(command.job_id)
-            self._admit()
-            if self._active:
-                self._step()
+            commands = self._take_commands(block=not (self._active or self._waiting))
+            if any(isinstance(c, _Stop) for c in commands):
+                self._end_all("cancelled")
+                return
+            try:
+                self._run_once(commands)
+            except Exception as exc:  # one bad step fails its jobs, never the server
+                log.exception("engine step failed")
+                self._fail_all(f"generation failed: {exc}")
+
+    def _run_once(self, commands: list[_Command]) -> None:
+        for command in commands:
+            if isinstance(command, _Submit):
+                self._waiting.append(command.job)
+            elif isinstance(command, _Cancel):
+                self._drop(command.job_id)
+        self._admit()
+        if self._active:
+            self._step()
 
     def _take_commands(self, *, block: bool) -> list[_Command]:
         commands: list[_Command] = [self._commands.get()] if block else []
@@ -261,11 +272,7 @@ class Engine:
     def _step(self) -> None:
         assert self._generator is not None
         started = time.perf_counter()
-        try:
-            _, responses = self._generator.next()
-        except Exception as exc:  # a failed step must not take the server down
-            self._fail_all(f"generation failed: {exc}")
-            return
+        _, responses = self._generator.next()
         if not responses:
             return
         elapsed = time.perf_counter() - started
@@ -317,7 +324,9 @@ class Engine:
 
     def _fail_all(self, message: str) -> None:
         events: list[Event] = [JobFailed(s.job.job_id, message) for s in self._active.values()]
+        events += [JobFailed(j.job_id, message) for j in self._waiting]
         self._active.clear()
+        self._waiting.clear()
         self._generator = self._new_generator()
         self._emit(events)
         self._publish_occupancy()

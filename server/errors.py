@@ -25,6 +25,10 @@ class ModelLoadError(ServeError):
     """The weights are present but the loader refused them."""
 
 
+class EngineDied(ServeError):
+    """The engine thread ended while the server was meant to be serving."""
+
+
 class PortUnavailable(ServeError):
     """The address to listen on is taken or cannot be bound."""
 

@@ -44,12 +44,15 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def run(config: ServeConfig, model_path: Path) -> int:
-    """Serves until told to stop; returns the process exit code."""
+    """Serves until a signal (exit code 0, or 130 after a second one) or a failure (raised)."""
     check_port_free(config.host, config.port)
-    return trio.run(_serve, config, model_path)
+    provider = trio.run(_serve, config, model_path)
+    if provider.failure is not None:
+        raise provider.failure
+    return EXIT_SECOND_SIGNAL if provider.forced_exit else 0
 
 
-async def _serve(config: ServeConfig, model_path: Path) -> int:
+async def _serve(config: ServeConfig, model_path: Path) -> Provider:
     provider = Provider(config, model_path, Metrics())
     hypercorn = HypercornConfig()
     hypercorn.bind = [bind_address(config.host, config.port)]
@@ -64,7 +67,7 @@ async def _serve(config: ServeConfig, model_path: Path) -> int:
         nursery.cancel_scope.cancel()
     if provider.engine is not None:
         provider.engine.stop(ENGINE_STOP_SECONDS)
-    return provider.exit_code
+    return provider
 
 
 async def _watch_signals(provider: Provider, scope: trio.CancelScope) -> None:
@@ -77,5 +80,5 @@ async def _watch_signals(provider: Provider, scope: trio.CancelScope) -> None:
                 provider.shutdown.set()
             else:
                 log.info("second signal: exiting now")
-                provider.exit_code = EXIT_SECOND_SIGNAL
+                provider.forced_exit = True
                 scope.cancel()

@@ -19,13 +19,10 @@ import trio
 from macprovider.server.api import DEFAULT_MAX_TOKENS, GenerationParams
 from macprovider.server.config import ServeConfig
 from macprovider.server.engine import Engine, Event, Job, JobFailed, JobFinished, SamplingParams
-from macprovider.server.errors import Overloaded
+from macprovider.server.errors import EngineDied, ModelLoadError, Overloaded, ServeError
 from macprovider.server.metrics import Metrics
 
 log = logging.getLogger("macprovider.serve")
-
-# Exit code when the weights resolve but the loader refuses them (sysexits EX_DATAERR).
-EXIT_MODEL_LOAD_FAILED = 65
 
 
 class Provider:
@@ -36,7 +33,8 @@ class Provider:
         self.served_id = config.model or model_path.name
         self.created = int(time.time())
         self.shutdown = trio.Event()
-        self.exit_code = 0
+        self.failure: ServeError | None = None  # why the server stopped by itself
+        self.forced_exit = False  # a second signal cut the drain short
         self.engine: Engine | None = None
         self.in_flight = 0
         self._channels: dict[int, trio.MemorySendChannel[Event]] = {}
@@ -60,11 +58,16 @@ class Provider:
         assert self.engine is not None
         await trio.to_thread.run_sync(self.engine.ready.wait, abandon_on_cancel=True)
         if self.engine.load_error:
-            log.error("%s", self.engine.load_error)
-            self.exit_code = EXIT_MODEL_LOAD_FAILED
-            self.shutdown.set()
-        else:
-            log.info("model %s loaded from %s; serving", self.served_id, self.model_path)
+            self._fail(ModelLoadError(self.engine.load_error))
+            return
+        log.info("model %s loaded from %s; serving", self.served_id, self.model_path)
+        await trio.to_thread.run_sync(self.engine.finished.wait, abandon_on_cancel=True)
+        if not self.shutdown.is_set():
+            self._fail(EngineDied("the engine thread ended unexpectedly"))
+
+    def _fail(self, failure: ServeError) -> None:
+        self.failure = failure
+        self.shutdown.set()
 
     @property
     def ready(self) -> bool:

@@ -26,6 +26,9 @@ from macprovider.server.errors import (
 from macprovider.server.provider import Generation, Provider
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Hypercorn holds the response headers back until the first body bytes; this SSE comment
+# (ignored by clients) sends them at once, so a queued request is visibly accepted.
+SSE_ACCEPTED = b": accepted\n\n"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ async def stream_chunks(
     generation: Generation, reply: Reply, include_usage: bool
 ) -> AsyncIterator[bytes]:
     shape, first = reply.shape, True
+    yield SSE_ACCEPTED
     try:
         async for batch in generation.batches():
             text, end = _outcome(batch)

@@ -56,6 +56,8 @@ class ServerProcess:
         self.log_path = log_path
         argv = supervise_argv("serve", "--no-join", "--model", str(model))
         argv += ["--port", str(self.port), *flags]
+        key = flags[flags.index("--api-key") + 1] if "--api-key" in flags else None
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, env=env or clean_env()
@@ -69,7 +71,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
             try:
-                return httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200
+                models = httpx.get(f"{self.url}/v1/models", headers=self.headers, timeout=2)
+                return models.status_code == 200
             except httpx.TransportError:
                 return False
 
@@ -77,7 +80,7 @@ class ServerProcess:
         return self
 
     def metric(self, name: str, labels: str = "") -> float:
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = httpx.get(f"{self.url}/metrics", headers=self.headers, timeout=10).text
         for line in text.splitlines():
             if line.startswith(f"{name}{labels} ") or line.startswith(f"{name}{{{labels}}} "):
                 return float(line.rsplit(" ", 1)[1])
