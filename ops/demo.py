@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = ["macprovider-supervise", "serve", "--no-join", "--model", args.model]
+    argv = [sys.executable, "-m", "macprovider.cli", "serve", "--no-join", "--model", args.model]
     server = subprocess.Popen([*argv, "--port", str(port)])
     try:
         wait_ready(server, url)

@@ -80,10 +80,42 @@ class Shape:
 
 
 SHAPES = (
-    Shape("tiny", hidden=128, layers=2, kv_heads=1, intermediate=384, train_steps=120, learning_rate=1e-2),
-    Shape("small", hidden=256, layers=4, kv_heads=2, intermediate=768, train_steps=80, learning_rate=3e-3),
-    Shape("medium", hidden=384, layers=6, kv_heads=2, intermediate=1024, train_steps=40, learning_rate=2e-3),
-    Shape("large", hidden=512, layers=8, kv_heads=2, intermediate=1408, train_steps=24, learning_rate=1e-3),
+    Shape(
+        "tiny",
+        hidden=128,
+        layers=2,
+        kv_heads=1,
+        intermediate=384,
+        train_steps=120,
+        learning_rate=1e-2,
+    ),
+    Shape(
+        "small",
+        hidden=256,
+        layers=4,
+        kv_heads=2,
+        intermediate=768,
+        train_steps=80,
+        learning_rate=3e-3,
+    ),
+    Shape(
+        "medium",
+        hidden=384,
+        layers=6,
+        kv_heads=2,
+        intermediate=1024,
+        train_steps=40,
+        learning_rate=2e-3,
+    ),
+    Shape(
+        "large",
+        hidden=512,
+        layers=8,
+        kv_heads=2,
+        intermediate=1408,
+        train_steps=24,
+        learning_rate=1e-3,
+    ),
 )
 
 
@@ -128,7 +160,9 @@ def _ensure(root: Path, shape: Shape) -> None:
 
 
 def _progress(shape: Shape, status: str) -> None:
-    print(f"fixtures: {shape.name:<6} {shape.parameters:>11,} parameters  {status}", file=sys.stderr)
+    print(
+        f"fixtures: {shape.name:<6} {shape.parameters:>11,} parameters  {status}", file=sys.stderr
+    )
 
 
 def _recipe(shape: Shape) -> str:
@@ -262,7 +296,9 @@ def _new_model(config: dict[str, Any]) -> nn.Module:
     mx.random.seed(SEED)
     model: nn.Module = llama.Model(llama.ModelArgs.from_dict(config))
     layers = config["num_hidden_layers"]
-    params = [(name, _initial(name, value, layers)) for name, value in tree_flatten(model.parameters())]
+    params = [
+        (name, _initial(name, value, layers)) for name, value in tree_flatten(model.parameters())
+    ]
     model.update(tree_unflatten(params))
     mx.eval(model.parameters())
     return model
@@ -273,14 +309,18 @@ def _initial(name: str, value: mx.array, layers: int) -> mx.array:
     residual stream (and the tied output head) start calm and short training stays stable."""
     if value.ndim == 1:
         return value  # RMSNorm gains stay at one
-    std = 0.02 / (2 * layers) ** 0.5 if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+    std = (
+        0.02 / (2 * layers) ** 0.5 if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+    )
     return mx.random.normal(value.shape) * std
 
 
 def _train(model: nn.Module, shape: Shape, ids: list[int]) -> float:
     """Next-token training on the corpus, so generations read like English rather than noise."""
     tokens, rng = mx.array(ids), random.Random(SEED)
-    decay = optim.cosine_decay(shape.learning_rate, shape.train_steps - WARMUP, shape.learning_rate / 10)
+    decay = optim.cosine_decay(
+        shape.learning_rate, shape.train_steps - WARMUP, shape.learning_rate / 10
+    )
     warmup = optim.linear_schedule(0.0, shape.learning_rate, WARMUP)
     optimizer = optim.Adam(learning_rate=optim.join_schedules([warmup, decay], [WARMUP]))
     loss_and_grad = nn.value_and_grad(model, _loss)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -23,19 +22,8 @@ RETRY_AFTER_SECONDS = 1
 PUBLIC_PATHS = frozenset({"/health"})
 
 
-def error_body(error: ApiError) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": error.message,
-            "type": error.error_type,
-            "param": error.param,
-            "code": error.code,
-        }
-    }
-
-
 def error_response(error: ApiError) -> Response:
-    response = Response(json.dumps(error_body(error)), status=error.status)
+    response = Response(json.dumps(error.body()), status=error.status)
     response.mimetype = "application/json"
     if error.status == 503:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)

@@ -54,6 +54,17 @@ class ApiError(Exception):
         if status is not None:
             self.status = status
 
+    def body(self) -> dict[str, dict[str, str | None]]:
+        """The OpenAI error object."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
 
 class BadRequest(ApiError):
     status = 400

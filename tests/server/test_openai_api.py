@@ -10,10 +10,13 @@ import openai
 import pytest
 from mlx_lm.generate import stream_generate
 from mlx_lm.utils import load
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import ServerProcess, StartServer
 
-CHAT = [{"role": "user", "content": "Tell me a story about a fox."}]
+CHAT: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tell me a story about a fox."}
+]
 
 
 def client(server: ServerProcess, key: str = "unused") -> openai.OpenAI:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import ServerProcess, StartServer, clean_env, supervise_argv, wait_until
 
@@ -143,9 +144,9 @@ def test_max_context_gate_is_exact(start_server: StartServer, tiny_model: Path) 
 def test_max_context_413_through_openai_client(start_server: StartServer, tiny_model: Path) -> None:
     server = start_server(tiny_model, "--max-context", "16")
     api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
-    long_chat = [{"role": "user", "content": "word " * 40}]
+    long_chat: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * 40}]
     with pytest.raises(openai.APIStatusError) as caught:
-        api.chat.completions.create(model=str(tiny_model), messages=long_chat, max_tokens=2)  # type: ignore[arg-type]
+        api.chat.completions.create(model=str(tiny_model), messages=long_chat, max_tokens=2)
     assert caught.value.status_code == 413
     body = caught.value.body
     assert isinstance(body, dict)
