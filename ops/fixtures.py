@@ -6,12 +6,17 @@ Usage: ops/fixtures.py [--dir DIR] [--only NAME ...]
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread, set before numpy loads: results then cannot depend on the core count, and
+# OpenBLAS threads spin badly when other jobs share the small hosts this runs on.
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
 import argparse
 import fcntl
 import functools
 import hashlib
 import json
-import os
 import random
 import shutil
 import sys
@@ -21,13 +26,14 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from mlx.nn.layers.linear import Linear
+from mlx.nn.utils import value_and_grad
 from mlx.utils import tree_flatten, tree_unflatten
 from numpy.typing import NDArray
 from safetensors.numpy import save_file
@@ -57,6 +63,9 @@ CHAT_TEMPLATE = (
 # Training windows; steps are fixed counts (never wall time) so builds stay byte-identical.
 BATCH, WINDOW, WARMUP = 4, 64, 5
 
+# An mlx_lm Llama `Model`: mlx_lm ships no type information and mlx.nn leaves Module unannotated.
+LlamaModel = Any
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -79,43 +88,11 @@ class Shape:
         return VOCAB_SIZE * self.hidden + self.layers * layer + self.hidden
 
 
-SHAPES = (
-    Shape(
-        "tiny",
-        hidden=128,
-        layers=2,
-        kv_heads=1,
-        intermediate=384,
-        train_steps=120,
-        learning_rate=1e-2,
-    ),
-    Shape(
-        "small",
-        hidden=256,
-        layers=4,
-        kv_heads=2,
-        intermediate=768,
-        train_steps=80,
-        learning_rate=3e-3,
-    ),
-    Shape(
-        "medium",
-        hidden=384,
-        layers=6,
-        kv_heads=2,
-        intermediate=1024,
-        train_steps=40,
-        learning_rate=2e-3,
-    ),
-    Shape(
-        "large",
-        hidden=512,
-        layers=8,
-        kv_heads=2,
-        intermediate=1408,
-        train_steps=24,
-        learning_rate=1e-3,
-    ),
+SHAPES = (  # name, hidden, layers, kv heads, intermediate, train steps, learning rate
+    Shape("tiny", 128, 2, 1, 384, 100, 1e-2),
+    Shape("small", 256, 4, 2, 768, 60, 3e-3),
+    Shape("medium", 384, 6, 2, 1024, 28, 2e-3),
+    Shape("large", 512, 8, 2, 1408, 16, 1e-3),
 )
 
 
@@ -204,10 +181,10 @@ def _build(root: Path, shape: Shape, recipe: str) -> float:
 
 def _write_model(folder: Path, shape: Shape) -> float:
     tokenizer = _tokenizer()
-    config = _model_config(shape, tokenizer.token_to_id(IM_END))
+    config = _model_config(shape, _token_id(IM_END))
     model = _new_model(config)
     loss = _train(model, shape, _corpus_ids())
-    weights = {name: np.asarray(value) for name, value in tree_flatten(model.parameters())}
+    weights = {name: np.asarray(value) for name, value in _parameters(model)}
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "mlx"})
     tokenizer.save(str(folder / "tokenizer.json"))
     _write_json(folder / "config.json", config)
@@ -244,12 +221,17 @@ def _tokenizer() -> Tokenizer:
 @functools.cache
 def _corpus_ids() -> list[int]:
     """The corpus as one token stream, one <|endoftext|> after each file."""
-    tokenizer = _tokenizer()
-    separator = tokenizer.token_to_id(END_OF_TEXT)
     ids: list[int] = []
     for path in _corpus_files():
-        ids += [*tokenizer.encode(path.read_text()).ids, separator]
+        ids += [*_tokenizer().encode(path.read_text()).ids, _token_id(END_OF_TEXT)]
     return ids
+
+
+def _token_id(token: str) -> int:
+    found = _tokenizer().token_to_id(token)
+    if found is None:
+        raise LookupError(f"{token} is missing from the fixture tokenizer")
+    return int(found)
 
 
 def _model_config(shape: Shape, eos_token_id: int) -> dict[str, Any]:
@@ -289,19 +271,22 @@ def _tokenizer_config() -> dict[str, Any]:
     }
 
 
-def _new_model(config: dict[str, Any]) -> nn.Module:
+def _new_model(config: dict[str, Any]) -> LlamaModel:
     # Imported here: mlx_lm pulls in transformers (~1 s), which a cached run should not pay for.
     from mlx_lm.models import llama
 
     mx.random.seed(SEED)
-    model: nn.Module = llama.Model(llama.ModelArgs.from_dict(config))
+    model: LlamaModel = llama.Model(llama.ModelArgs.from_dict(config))
     layers = config["num_hidden_layers"]
-    params = [
-        (name, _initial(name, value, layers)) for name, value in tree_flatten(model.parameters())
-    ]
+    params = [(name, _initial(name, value, layers)) for name, value in _parameters(model)]
     model.update(tree_unflatten(params))
     mx.eval(model.parameters())
     return model
+
+
+def _parameters(model: LlamaModel) -> list[tuple[str, mx.array]]:
+    # Without a destination, tree_flatten returns the list of (dotted name, array) pairs.
+    return cast(list[tuple[str, mx.array]], tree_flatten(model.parameters()))
 
 
 def _initial(name: str, value: mx.array, layers: int) -> mx.array:
@@ -315,7 +300,7 @@ def _initial(name: str, value: mx.array, layers: int) -> mx.array:
     return mx.random.normal(value.shape) * std
 
 
-def _train(model: nn.Module, shape: Shape, ids: list[int]) -> float:
+def _train(model: LlamaModel, shape: Shape, ids: list[int]) -> float:
     """Next-token training on the corpus, so generations read like English rather than noise."""
     tokens, rng = mx.array(ids), random.Random(SEED)
     decay = optim.cosine_decay(
@@ -323,7 +308,7 @@ def _train(model: nn.Module, shape: Shape, ids: list[int]) -> float:
     )
     warmup = optim.linear_schedule(0.0, shape.learning_rate, WARMUP)
     optimizer = optim.Adam(learning_rate=optim.join_schedules([warmup, decay], [WARMUP]))
-    loss_and_grad = nn.value_and_grad(model, _loss)
+    loss_and_grad = value_and_grad(model, _loss)
     loss = mx.array(0.0)
     with _numpy_kernels():
         for _ in range(shape.train_steps):
@@ -332,14 +317,14 @@ def _train(model: nn.Module, shape: Shape, ids: list[int]) -> float:
             loss, grads = loss_and_grad(model, batch[:, :-1], batch[:, 1:])
             optimizer.update(model, grads)
             mx.eval(loss, model.parameters(), optimizer.state)
-    return loss.item()
+    return float(_numpy(loss))
 
 
-def _loss(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+def _loss(model: LlamaModel, inputs: mx.array, targets: mx.array) -> mx.array:
     # mlx-lm's Llama applies the tied head as embed_tokens.as_linear; fusing it with the loss
     # keeps the vocabulary-wide exp in numpy (MLX's CPU exp is scalar, ~10x slower).
     body = model["model"]
-    return _head_loss(body(inputs), body["embed_tokens"]["weight"], targets)
+    return cast(mx.array, _head_loss(body(inputs), body["embed_tokens"]["weight"], targets))
 
 
 @contextmanager
@@ -350,17 +335,18 @@ def _numpy_kernels() -> Iterator[None]:
     from mlx_lm.models import llama
 
     with ExitStack() as patches:
-        patches.enter_context(mock.patch.object(nn.Linear, "__call__", _linear))
+        patches.enter_context(mock.patch.object(Linear, "__call__", _linear))
         patches.enter_context(mock.patch.object(llama, "scaled_dot_product_attention", _attention))
         yield
 
 
 def _numpy(value: mx.array) -> NDArray[np.float32]:
-    return np.asarray(value)  # evaluates the lazy MLX graph up to `value`
+    array: NDArray[np.float32] = np.asarray(value, dtype=np.float32)  # evaluates the lazy graph
+    return array
 
 
-def _linear(layer: nn.Module, x: mx.array) -> mx.array:
-    return _matmul_t(x, layer["weight"])
+def _linear(layer: Linear, x: mx.array) -> mx.array:
+    return cast(mx.array, _matmul_t(x, layer["weight"]))
 
 
 @mx.custom_function
@@ -386,7 +372,7 @@ def _head_loss(hidden: mx.array, embedding: mx.array, targets: mx.array) -> mx.a
     logits = _head_logits(hidden, embedding)
     top = logits.max(-1, keepdims=True)
     log_norm = np.log(np.exp(logits - top).sum(-1)) + top[:, 0]
-    picked = logits[np.arange(len(logits)), _numpy(targets).reshape(-1)]
+    picked = logits[np.arange(len(logits)), np.asarray(targets).reshape(-1)]
     return mx.array((log_norm - picked).mean())
 
 
@@ -398,7 +384,7 @@ def _head_loss_vjp(
     logits = _head_logits(hidden, embedding)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    probs[np.arange(len(probs)), _numpy(targets).reshape(-1)] -= 1
+    probs[np.arange(len(probs)), np.asarray(targets).reshape(-1)] -= 1
     probs *= _numpy(cotangent) / len(probs)
     grad_hidden = (probs @ _numpy(embedding)).reshape(hidden.shape)
     grad_embedding = probs.T @ _numpy(hidden).reshape(len(probs), -1)
@@ -415,7 +401,7 @@ def _attention(
     """Stand-in for mlx-lm's scaled_dot_product_attention during training (no cache)."""
     if cache is not None or mask != "causal" or scale != HEAD_DIM**-0.5:
         raise ValueError("numpy attention only serves cache-free causal training")
-    return _causal_attention(queries, keys, values)
+    return cast(mx.array, _causal_attention(queries, keys, values))
 
 
 def _grouped(
@@ -432,8 +418,9 @@ def _causal_probs(queries: NDArray[np.float32], keys: NDArray[np.float32]) -> ND
     scores = (queries @ keys.swapaxes(-1, -2)) * np.float32(HEAD_DIM**-0.5)
     length = scores.shape[-1]
     scores += np.triu(np.full((length, length), -np.inf, np.float32), 1)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    return probs / probs.sum(-1, keepdims=True)
+    probs: NDArray[np.float32] = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return probs
 
 
 @mx.custom_function

@@ -47,10 +47,6 @@ def create_app(provider: Provider) -> QuartTrio:
     app.config["RESPONSE_TIMEOUT"] = None  # long generations are legitimate
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
-    @app.before_serving
-    async def start_engine() -> None:
-        await provider.start(app.nursery)
-
     @app.before_request
     async def authenticate() -> None:
         key = provider.config.api_key

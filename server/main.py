@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
+import threading
 from pathlib import Path
 
 import trio
@@ -21,8 +23,11 @@ from macprovider.server.provider import Provider
 log = logging.getLogger("macprovider.serve")
 
 # In-flight requests get this long to finish after SIGTERM; then they are cancelled.
-DRAIN_SECONDS = 4.0
+DRAIN_SECONDS = 3.0
 ENGINE_STOP_SECONDS = 1.0
+# Hypercorn shields every socket write, so a client that stopped reading can hold the
+# drain open forever; past this the process leaves anyway (the OS frees the port).
+FORCED_EXIT_SECONDS = 4.5
 EXIT_SECOND_SIGNAL = 130
 
 
@@ -44,12 +49,12 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def run(config: ServeConfig, model_path: Path) -> int:
-    """Serves until a signal (exit code 0, or 130 after a second one) or a failure (raised)."""
+    """Serves until a signal (exit code 0; a second one exits 130 at once) or a failure (raised)."""
     check_port_free(config.host, config.port)
     provider = trio.run(_serve, config, model_path)
     if provider.failure is not None:
         raise provider.failure
-    return EXIT_SECOND_SIGNAL if provider.forced_exit else 0
+    return 0
 
 
 async def _serve(config: ServeConfig, model_path: Path) -> Provider:
@@ -60,7 +65,8 @@ async def _serve(config: ServeConfig, model_path: Path) -> Provider:
     hypercorn.accesslog = None
     hypercorn.errorlog = log  # one handler for everything the provider says
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, provider, nursery.cancel_scope)
+        nursery.start_soon(_watch_signals, provider)
+        await provider.start(nursery)
         await hypercorn_serve(
             create_app(provider), hypercorn, shutdown_trigger=provider.shutdown.wait
         )
@@ -70,7 +76,22 @@ async def _serve(config: ServeConfig, model_path: Path) -> Provider:
     return provider
 
 
-async def _watch_signals(provider: Provider, scope: trio.CancelScope) -> None:
+def _leave(code: int) -> None:
+    logging.shutdown()
+    os._exit(code)
+
+
+def _exit_after(seconds: float, code: int) -> None:
+    def leave() -> None:
+        log.warning("in-flight connections did not close within %.1f s; exiting anyway", seconds)
+        _leave(code)
+
+    timer = threading.Timer(seconds, leave)
+    timer.daemon = True
+    timer.start()
+
+
+async def _watch_signals(provider: Provider) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             if not provider.shutdown.is_set():
@@ -78,7 +99,7 @@ async def _watch_signals(provider: Provider, scope: trio.CancelScope) -> None:
                     "%s: finishing in-flight requests, then exiting", signal.Signals(signum).name
                 )
                 provider.shutdown.set()
+                _exit_after(FORCED_EXIT_SECONDS, 0)
             else:
                 log.info("second signal: exiting now")
-                provider.forced_exit = True
-                scope.cancel()
+                _leave(EXIT_SECOND_SIGNAL)

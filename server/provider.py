@@ -34,7 +34,6 @@ class Provider:
         self.created = int(time.time())
         self.shutdown = trio.Event()
         self.failure: ServeError | None = None  # why the server stopped by itself
-        self.forced_exit = False  # a second signal cut the drain short
         self.engine: Engine | None = None
         self.in_flight = 0
         self._channels: dict[int, trio.MemorySendChannel[Event]] = {}
