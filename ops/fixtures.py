@@ -51,7 +51,8 @@ VOCAB_SIZE = 2048
 HEAD_DIM = 64
 # Prompts up to 200k tokens must pass the config's length check.
 MAX_POSITIONS = 262144
-# float32 decodes fastest on MLX's CPU backend (bf16/fp16 matmuls convert on the fly).
+# float32 decodes fastest on MLX's CPU backend: `small` measured 290 tok/s, against 238 in
+# bfloat16 and 103 in float16.
 DTYPE = "float32"
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -89,7 +90,7 @@ class Shape:
 
 
 SHAPES = (  # name, hidden, layers, kv heads, intermediate, train steps, learning rate
-    Shape("tiny", 128, 2, 1, 384, 100, 1e-2),
+    Shape("tiny", 128, 2, 1, 384, 100, 3e-3),
     Shape("small", 256, 4, 2, 768, 60, 3e-3),
     Shape("medium", 384, 6, 2, 1024, 28, 2e-3),
     Shape("large", 512, 8, 2, 1408, 16, 1e-3),
@@ -200,6 +201,12 @@ def _corpus_files() -> list[Path]:
     return sorted(CORPUS_DIR.glob("*.txt"))
 
 
+def _corpus_texts() -> list[str]:
+    """One line of prose per file: line breaks would be the most frequent token, and a barely
+    trained model decoding greedily would then answer with nothing but newlines."""
+    return [" ".join(path.read_text().split()) for path in _corpus_files()]
+
+
 @functools.cache
 def _tokenizer() -> Tokenizer:
     """GPT-2 style byte-level BPE: mlx-lm picks its BPEStreamingDetokenizer for the ByteLevel
@@ -214,7 +221,7 @@ def _tokenizer() -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator([path.read_text() for path in _corpus_files()], trainer)
+    tokenizer.train_from_iterator(_corpus_texts(), trainer)
     return tokenizer
 
 
@@ -222,8 +229,8 @@ def _tokenizer() -> Tokenizer:
 def _corpus_ids() -> list[int]:
     """The corpus as one token stream, one <|endoftext|> after each file."""
     ids: list[int] = []
-    for path in _corpus_files():
-        ids += [*_tokenizer().encode(path.read_text()).ids, _token_id(END_OF_TEXT)]
+    for text in _corpus_texts():
+        ids += [*_tokenizer().encode(text).ids, _token_id(END_OF_TEXT)]
     return ids
 
 
@@ -329,9 +336,9 @@ def _loss(model: LlamaModel, inputs: mx.array, targets: mx.array) -> mx.array:
 
 @contextmanager
 def _numpy_kernels() -> Iterator[None]:
-    """Route training's matmuls and attention through numpy. MLX's CPU build links reference
-    BLAS (~3 GFLOP/s on this kind of host) while numpy's OpenBLAS runs ~50x faster; the math is
-    the same, so the trained weights load and run under plain MLX afterwards."""
+    """Route training's matmuls and attention through numpy. MLX's Linux CPU build links the
+    reference BLAS (3-6 GFLOP/s here) while numpy's OpenBLAS runs ~90 GFLOP/s on one thread; the
+    math is the same, so the trained weights load and run under plain MLX afterwards."""
     from mlx_lm.models import llama
 
     with ExitStack() as patches:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -51,7 +52,9 @@ def test_stdout_is_just_the_folder(builds: tuple[Build, Build]) -> None:
 
 def test_only_builds_the_named_model(builds: tuple[Build, Build]) -> None:
     first, _ = builds
-    assert sorted(path.name for path in first.folder.iterdir() if not path.name.startswith(".")) == [
+    assert sorted(
+        path.name for path in first.folder.iterdir() if not path.name.startswith(".")
+    ) == [
         "index.json",
         "tiny",
     ]
@@ -96,10 +99,12 @@ def test_model_loads_and_generates_words(builds: tuple[Build, Build]) -> None:
     assert prompt == "<|im_start|>user\nTell me a fable.<|im_end|>\n<|im_start|>assistant\n"
 
     text = "".join(
-        response.text for response in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=24)
+        response.text
+        for response in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=24)
     )
     assert text.strip() and IM_END not in text
     assert im_end not in tokenizer.encode(text, add_special_tokens=False)
 
     (entry,) = json.loads((first.folder / "index.json").read_text())["models"]
-    assert entry["parameters"] == sum(value.size for _, value in tree_flatten(model.parameters()))
+    parameters = cast(list[tuple[str, Any]], tree_flatten(model.parameters()))
+    assert entry["parameters"] == sum(value.size for _, value in parameters)

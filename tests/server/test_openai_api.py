@@ -8,10 +8,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from mlx_lm.generate import stream_generate
+from mlx_lm.generate import BatchGenerator
 from mlx_lm.utils import load
 from openai.types.chat import ChatCompletionMessageParam
 
+from macprovider.server.engine import SamplingParams, make_sampler
 from tests.conftest import ServerProcess, StartServer
 
 CHAT: list[ChatCompletionMessageParam] = [
@@ -135,18 +136,41 @@ def test_stop_string_truncates_and_reports_stop(shared_server: ServerProcess) ->
     assert stopped.choices[0].text == text[: text.index(cut)]
 
 
+SEED = 5
+
+
+def sampled_tokens(model_dir: Path, prompt: list[int], count: int) -> list[int]:
+    """The tokens the server samples for `prompt` at temperature 1 with SEED.
+
+    Built exactly as the engine builds a request (same generator, same sampler), so the
+    server process draws the same tokens.
+    """
+    model, tokenizer = load(str(model_dir))
+    generator = BatchGenerator(
+        model,
+        stop_tokens=[[t] for t in sorted(tokenizer.eos_token_ids)],
+        completion_batch_size=1,
+        prefill_batch_size=1,
+    )
+    sampler = make_sampler(SamplingParams(temperature=1.0, seed=SEED))
+    generator.insert([prompt], max_tokens=[count], samplers=[sampler])
+    tokens: list[int] = []
+    while len(tokens) < count:
+        tokens += [r.token for r in generator.next_generated()]
+    return tokens
+
+
 @pytest.fixture(scope="module")
 def eos_mid_reply(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
-    """A copy of `tiny` whose EOS set also holds a token greedy decoding emits mid-reply.
+    """A copy of `tiny` whose EOS set also holds a token the server will sample mid-reply.
 
     A tiny model reaches its real `<|im_end|>` unpredictably, so the test makes a token it
     surely reaches an EOS token: same weights, same loader, same serving code path. The
     copy carries `expected.json`: the text before that token and the tokens generated.
     """
-    model, tokenizer = load(str(tiny_model))
-    tokens = [r.token for r in stream_generate(model, tokenizer, PROMPT_IDS, max_tokens=8)]
+    tokens = sampled_tokens(tiny_model, PROMPT_IDS, 12)
     fresh = [i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i]]
-    assert fresh, f"greedy decoding repeats one token: {tokens}; pick another prompt"
+    assert fresh, f"sampling repeats one token: {tokens}; pick another seed"
     stop_at = fresh[0]
     copy = tmp_path_factory.mktemp("eos") / "tiny-eos"
     copy.mkdir()
@@ -156,6 +180,7 @@ def eos_mid_reply(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) ->
     config = json.loads((tiny_model / "config.json").read_text())
     config["eos_token_id"] = [config["eos_token_id"], tokens[stop_at]]
     (copy / "config.json").write_text(json.dumps(config))
+    _, tokenizer = load(str(tiny_model))
     detokenizer = tokenizer.detokenizer  # the server's own detokenizer, leading-space rule included
     for token in tokens[:stop_at]:
         detokenizer.add_token(token)
@@ -175,14 +200,19 @@ def test_stop_token_ends_generation_and_never_appears(
     server = start_server(eos_mid_reply)
     api = client(server)
     reply = api.completions.create(
-        model=str(eos_mid_reply), prompt=PROMPT_IDS, max_tokens=20, temperature=0
+        model=str(eos_mid_reply), prompt=PROMPT_IDS, max_tokens=20, temperature=1.0, seed=SEED
     )
     assert reply.choices[0].finish_reason == "stop"
     assert reply.choices[0].text == expected["text"]
     assert reply.usage is not None
     assert reply.usage.completion_tokens == expected["completion_tokens"]
     stream = api.completions.create(
-        model=str(eos_mid_reply), prompt=PROMPT_IDS, max_tokens=20, temperature=0, stream=True
+        model=str(eos_mid_reply),
+        prompt=PROMPT_IDS,
+        max_tokens=20,
+        temperature=1.0,
+        seed=SEED,
+        stream=True,
     )
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks) == expected["text"]
