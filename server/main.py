@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 from pathlib import Path
 
@@ -30,7 +29,6 @@ ENGINE_STOP_SECONDS = 1.0
 # drain open forever; past this the process leaves anyway (the OS frees the port).
 FORCED_EXIT_SECONDS = 4.5
 EXIT_SECOND_SIGNAL = 130
-GIL_SWITCH_SECONDS = 0.0005
 
 
 def bind_address(host: str, port: int) -> str:
@@ -53,9 +51,6 @@ def check_port_free(host: str, port: int) -> None:
 def run(config: ServeConfig, model_path: Path) -> int:
     """Serves until a signal (exit code 0; a second one exits 130 at once) or a failure (raised)."""
     check_port_free(config.host, config.port)
-    # The engine thread needs the GIL briefly between decode steps; with the default 5 ms
-    # switch interval it can wait that long behind the HTTP thread, a whole decode step.
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     provider = trio.run(_serve, config, model_path)
     if provider.failure is not None:
         raise provider.failure
