@@ -59,7 +59,7 @@ class Provider:
         if self.engine.load_error:
             self._fail(ModelLoadError(self.engine.load_error))
             return
-        log.info("model %s loaded from %s; serving", self.served_id, self.model_path)
+        log.info("model loaded from %s; serving it as %r", self.model_path, self.served_id)
         await trio.to_thread.run_sync(self.engine.finished.wait, abandon_on_cancel=True)
         if not self.shutdown.is_set():
             self._fail(EngineDied("the engine thread ended unexpectedly"))

@@ -14,7 +14,14 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.conftest import ServerProcess, StartServer, clean_env, supervise_argv, wait_until
+from tests.conftest import (
+    ServerProcess,
+    StartServer,
+    clean_env,
+    free_port,
+    supervise_argv,
+    wait_until,
+)
 
 PROMPT_300 = [(7 * i) % 250 + 10 for i in range(300)]
 
@@ -329,3 +336,17 @@ def test_no_join_opens_no_connection_to_the_coordinator(
         server.stop()
         with pytest.raises(BlockingIOError):
             coordinator.accept()
+
+
+def test_unloadable_weights_exit_65_with_the_loader_reason(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in tiny_model.iterdir():
+        if item.name != "model.safetensors":
+            (broken / item.name).symlink_to(item)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    done = run_serve("--model", str(broken), "--port", str(free_port()))
+    assert done.returncode == 65
+    assert "cannot load the model" in done.stderr and "Traceback" not in done.stderr
