@@ -15,6 +15,7 @@ from macprovider.cli.exits import EX_USAGE, exit_code_for
 from macprovider.server.config import SERVE_OPTIONS, resolve_serve_config
 from macprovider.server.errors import ServeError
 from macprovider.server.models import resolve_model_path
+from macprovider.server.parent_guard import parent_fd
 
 PROG = "macprovider-supervise"
 log = logging.getLogger("macprovider")
@@ -55,6 +56,7 @@ def serve(no_join: bool, **knobs: str | None) -> int:
     """
     config = resolve_serve_config(knobs, os.environ, ram_bytes=psutil.virtual_memory().total)
     assert config.model is not None  # require_model=True guarantees it
+    parent = parent_fd(os.environ)
     model_path = resolve_model_path(config.model)
     if config.coordinator_endpoint and not no_join:
         log.warning(
@@ -63,7 +65,7 @@ def serve(no_join: bool, **knobs: str | None) -> int:
         )
     from macprovider.server.main import run  # MLX loads only once the knobs are known good
 
-    return run(config, model_path)
+    return run(config, model_path, parent=parent)
 
 
 def main() -> None:

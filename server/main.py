@@ -18,6 +18,7 @@ from macprovider.server.app import create_app
 from macprovider.server.config import ServeConfig
 from macprovider.server.errors import PortUnavailable
 from macprovider.server.metrics import Metrics
+from macprovider.server.parent_guard import arm_death_signal, wait_for_parent_exit
 from macprovider.server.provider import Provider
 
 log = logging.getLogger("macprovider.serve")
@@ -48,16 +49,27 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def run(config: ServeConfig, model_path: Path) -> int:
-    """Serves until a signal (exit code 0; a second one exits 130 at once) or a failure (raised)."""
+def run(config: ServeConfig, model_path: Path, *, parent: int | None = None) -> int:
+    """Serves until a signal or the end of the `parent` pipe (exit code 0; a second
+    signal exits 130 at once), or a failure (raised)."""
     check_port_free(config.host, config.port)
-    provider = trio.run(_serve, config, model_path)
+    if parent is not None:
+        arm_death_signal()
+    provider = trio.run(_serve, config, model_path, parent)
     if provider.failure is not None:
         raise provider.failure
     return 0
 
 
-async def _serve(config: ServeConfig, model_path: Path) -> Provider:
+async def _watch_parent(provider: Provider, fd: int) -> None:
+    await wait_for_parent_exit(fd)
+    if not provider.shutdown.is_set():
+        log.info("the supervisor is gone: finishing in-flight requests, then exiting")
+        provider.shutdown.set()
+        _exit_after(FORCED_EXIT_SECONDS, 0)
+
+
+async def _serve(config: ServeConfig, model_path: Path, parent: int | None) -> Provider:
     provider = Provider(config, model_path, Metrics())
     hypercorn = HypercornConfig()
     hypercorn.bind = [bind_address(config.host, config.port)]
@@ -66,6 +78,8 @@ async def _serve(config: ServeConfig, model_path: Path) -> Provider:
     hypercorn.errorlog = log  # one handler for everything the provider says
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, provider)
+        if parent is not None:
+            nursery.start_soon(_watch_parent, provider, parent)
         await provider.start(nursery)
         await hypercorn_serve(
             create_app(provider), hypercorn, shutdown_trigger=provider.shutdown.wait

@@ -1,0 +1,86 @@
+"""A supervised provider dies with its supervisor: the pipe (all platforms) and kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.conftest import clean_env, free_port, supervise_argv, wait_until
+
+
+def serve_argv(model: Path, port: int) -> list[str]:
+    return supervise_argv("serve", "--no-join", "--model", str(model), "--port", str(port))
+
+
+def answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_closing_the_pipe_drains_and_exits_0(tiny_model: Path) -> None:
+    read_end, write_end = os.pipe()
+    port = free_port()
+    env = clean_env(MACPROVIDER_PARENT_FD=str(read_end))
+    child = subprocess.Popen(serve_argv(tiny_model, port), env=env, pass_fds=(read_end,))
+    os.close(read_end)
+    try:
+        wait_until(lambda: answers(port), 120, "the provider to be ready")
+        os.close(write_end)  # what the kernel does when the supervisor dies
+        assert child.wait(timeout=10) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+SUPERVISOR = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, MACPROVIDER_PARENT_FD=str(read_end))
+    child = subprocess.Popen(sys.argv[1:], env=env, pass_fds=(read_end,))
+    os.close(read_end)
+    print(child.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_kill_9_of_the_supervisor_takes_the_provider_down(tiny_model: Path) -> None:
+    port = free_port()
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, *serve_argv(tiny_model, port)],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert supervisor.stdout is not None
+    provider = psutil.Process(int(supervisor.stdout.readline()))
+    try:
+        wait_until(lambda: answers(port), 120, "the provider to be ready")
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait()
+        wait_until(lambda: not provider.is_running() or provider.status() == "zombie", 5, "exit")
+    finally:
+        if provider.is_running():
+            provider.kill()
+
+
+def test_a_bad_parent_fd_is_a_preflight_error(tiny_model: Path) -> None:
+    done = subprocess.run(
+        serve_argv(tiny_model, free_port()),
+        env=clean_env(MACPROVIDER_PARENT_FD="x9"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 64
+    assert "MACPROVIDER_PARENT_FD" in done.stderr and "x9" in done.stderr
