@@ -1,0 +1,407 @@
+"""ProviderActor: the only way a provider process starts (DESIGN §3).
+
+It holds at most one child, a `serve --no-join` in its own process group with a
+parent-death pipe, and owns its whole life: start, wait until ready, stop. The
+decisions it makes (the argv, the log file's name, which log lines explain a death)
+are plain functions next to it.
+
+The actor methods are `start_provider` / `stop_provider` rather than `start` / `stop`:
+on a pykka actor those two names already mean "start / stop the actor itself".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, cast
+
+import httpx
+import pykka
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from macprovider.actors.errors import (
+    PortBusy,
+    ProviderAlreadyRunning,
+    ProviderNotStarted,
+    SpawnFailed,
+)
+from macprovider.actors.messages import (
+    Exited,
+    Killed,
+    Knobs,
+    ProviderHandle,
+    Ready,
+    Stopped,
+    TimedOut,
+)
+from macprovider.server.parent_guard import PARENT_FD_ENV
+
+log = logging.getLogger("macprovider.actors.provider")
+
+SERVE_COMMAND: Final = (sys.executable, "-m", "macprovider.cli", "serve")
+LOCALHOST: Final = "127.0.0.1"
+
+# Readiness polling: quick at first (a small model loads in about a second), then
+# backing off so a slow load is not hammered; every request bounded on its own.
+POLL_FIRST_S: Final = 0.1
+POLL_MAX_S: Final = 0.5
+POLL_GROWTH: Final = 1.5
+REQUEST_TIMEOUT_S: Final = 2.0
+
+PORT_FREE_TIMEOUT_S: Final = 5.0
+PORT_POLL_S: Final = 0.05
+KILL_REAP_TIMEOUT_S: Final = 5.0
+# serve forces its own exit 4.5 s after SIGTERM; a little more before the SIGKILL.
+ON_STOP_GRACE_S: Final = 5.0
+
+TAIL_MAX_CHARS: Final = 2000
+TAIL_LAST_LINES: Final = 5
+TAIL_READ_BYTES: Final = 64 * 1024
+LOG_NAME_ATTEMPTS: Final = 8
+SLUG_MAX_CHARS: Final = 80
+
+# Lines that say why a process died, as opposed to what it was configured with.
+_TELLING: Final = re.compile(
+    r"error|traceback|out of memory|\boom\b|killed|fatal|exception|panic|"
+    r"segmentation fault|cannot allocate|insufficient memory",
+    re.IGNORECASE,
+)
+_TRACEBACK_HEADER: Final = "Traceback (most recent call last)"
+_UNSAFE_IN_NAME: Final = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# --- decisions: plain functions ------------------------------------------------------------
+
+
+def serve_argv(
+    serve_command: Sequence[str], model: str, port: int, knobs: Knobs
+) -> tuple[str, ...]:
+    """The provider's command line: always `--no-join`, and only the knobs that are set."""
+    argv = [*serve_command, "--no-join", "--port", str(port), "--model", model]
+    for flag, value in (
+        ("--kv-bits", knobs.kv_bits),
+        ("--max-context", knobs.max_context),
+        ("--max-batch", knobs.max_batch),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    return tuple(argv)
+
+
+def model_slug(model: str) -> str:
+    """The model id (repo id or path) as one safe file-name part."""
+    slug = _UNSAFE_IN_NAME.sub("-", model)
+    # Keep the end: a path's last parts name the model; leading dots would hide the file.
+    slug = slug[-SLUG_MAX_CHARS:].lstrip(".-")
+    return slug or "model"
+
+
+def log_file_name(model: str, port: int, unix_ts: int, token: str) -> str:
+    return f"{model_slug(model)}-{port}-{unix_ts}-{token}.log"
+
+
+def _random_token() -> str:
+    return secrets.token_hex(4)
+
+
+def create_log_file(
+    logs_dir: Path,
+    model: str,
+    port: int,
+    *,
+    unix_ts: int,
+    new_token: Callable[[], str] = _random_token,
+) -> tuple[Path, int]:
+    """Creates a log file no other start has used (O_EXCL); returns its path and fd."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    for _ in range(LOG_NAME_ATTEMPTS):
+        path = logs_dir / log_file_name(model, port, unix_ts, new_token())
+        try:
+            return path, os.open(path, flags, 0o644)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{logs_dir}: no free log name after {LOG_NAME_ATTEMPTS} attempts")
+
+
+def select_stderr_tail(
+    text: str, *, max_chars: int = TAIL_MAX_CHARS, last_lines: int = TAIL_LAST_LINES
+) -> str:
+    """What best explains a death: the first telling line (and, for a traceback, its
+    exception line), else the last non-empty lines; at most `max_chars`."""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if _TELLING.search(line):
+            return "\n".join([line, *_exception_line(lines, index)])[:max_chars]
+    return "\n".join(lines[-last_lines:])[-max_chars:]
+
+
+def _exception_line(lines: list[str], index: int) -> list[str]:
+    # A traceback's header says nothing; its first unindented line after the frames does.
+    if _TRACEBACK_HEADER not in lines[index]:
+        return []
+    for line in lines[index + 1 :]:
+        if not line[0].isspace():
+            return [line]
+    return []
+
+
+def read_log_tail(path: Path, max_bytes: int = TAIL_READ_BYTES) -> str:
+    """The end of a log: a death is explained at the end, not in hours of old requests."""
+    try:
+        with path.open("rb") as log_file:
+            size = log_file.seek(0, os.SEEK_END)
+            log_file.seek(max(0, size - max_bytes))
+            data = log_file.read()
+    except OSError:
+        return ""
+    text = data.decode(errors="replace")
+    # Drop a line cut in half by the window.
+    return text.split("\n", 1)[-1] if size > max_bytes else text
+
+
+def port_is_free(port: int) -> bool:
+    """True when a server could listen on 127.0.0.1:port now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As a server binds: a TIME_WAIT left by the last provider does not count as busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOCALHOST, port))
+        except OSError:
+            return False
+    # macOS lets that bind succeed beside a wildcard listener; a connect still finds it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex((LOCALHOST, port)) != 0
+
+
+# --- the actor -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Child:
+    proc: subprocess.Popen[bytes]
+    handle: ProviderHandle
+    guard_fd: int  # write end of the parent-death pipe; the child exits when it closes
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+        os.killpg(pgid, signum)
+
+
+class ProviderActor(pykka.ThreadingActor):
+    """Holds at most one provider child; see the module docstring."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        serve_command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self._logs_dir = state_dir / "logs"
+        self._serve_command = tuple(serve_command) if serve_command is not None else SERVE_COMMAND
+        self._env = dict(env) if env is not None else None
+        self._child: _Child | None = None
+
+    # pykka runs every method below on the actor's one thread, one message at a time:
+    # that serialisation is what makes the single-provider invariant hold.
+
+    def start_provider(self, model: str, port: int, knobs: Knobs) -> ProviderHandle:
+        """Spawns the provider; refuses while one lives, or when the port is taken."""
+        self._refuse_if_running()
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is outside 1-65535")
+        if not port_is_free(port):
+            raise PortBusy(port)
+        argv = serve_argv(self._serve_command, model, port, knobs)
+        self._logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path, log_fd = create_log_file(self._logs_dir, model, port, unix_ts=int(time.time()))
+        try:
+            proc, guard_fd = self._spawn(argv, log_fd)
+        finally:
+            os.close(log_fd)  # the child writes through its own copy
+        handle = ProviderHandle(proc.pid, proc.pid, port, model, argv, log_path)
+        self._child = _Child(proc, handle, guard_fd)
+        log.info("provider started: pid %d, %s on port %d, log %s", proc.pid, model, port, log_path)
+        return handle
+
+    def wait_ready(self, timeout: float) -> Ready | Exited | TimedOut:
+        """Polls `/v1/models` until two 200s from a live process, a death, or `timeout`."""
+        child = self._require_child("wait for readiness")
+        url = f"http://{LOCALHOST}:{child.handle.port}/v1/models"
+        deadline = time.monotonic() + timeout
+        # trust_env=False: an HTTP(S)_PROXY from the environment must not see loopback traffic.
+        with httpx.Client(trust_env=False) as client:
+            return self._poll_ready(child, client, url, deadline)
+
+    def stop_provider(self, grace: float) -> Stopped | Killed:
+        """SIGTERM to the child's group, SIGKILL after `grace`; returns once the port is free."""
+        child = self._child
+        if child is None:
+            return Stopped()
+        result = self._terminate(child, grace)
+        self._release(child)
+        self._wait_port_free(child.handle.port)
+        log.info("provider pid %d %s", child.handle.pid, result)
+        return result
+
+    def handle(self) -> ProviderHandle | None:
+        """The child this actor holds (alive or not yet cleaned up), if any."""
+        return self._child.handle if self._child is not None else None
+
+    def on_stop(self) -> None:
+        # Stopping the actor must never leave a provider behind.
+        if self._child is not None:
+            self.stop_provider(ON_STOP_GRACE_S)
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # The actor is going away without on_stop: take the child down at once.
+        child = self._child
+        if child is not None:
+            if child.proc.poll() is None:
+                _signal_group(child.handle.pgid, signal.SIGKILL)
+                child.proc.wait(timeout=KILL_REAP_TIMEOUT_S)
+            self._release(child)
+
+    # --- helpers ---
+
+    def _refuse_if_running(self) -> None:
+        child = self._child
+        if child is None:
+            return
+        if child.proc.poll() is None:
+            raise ProviderAlreadyRunning(child.handle.pid, child.handle.model, child.handle.port)
+        self._release(child)  # it died on its own; nobody stopped it yet
+
+    def _require_child(self, what: str) -> _Child:
+        if self._child is None:
+            raise ProviderNotStarted(what)
+        return self._child
+
+    def _spawn(self, argv: tuple[str, ...], log_fd: int) -> tuple[subprocess.Popen[bytes], int]:
+        read_end, write_end = os.pipe()  # both close-on-exec; pass_fds opens read_end to the child
+        env = dict(self._env if self._env is not None else os.environ)
+        env[PARENT_FD_ENV] = str(read_end)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                env=env,
+                pass_fds=(read_end,),
+                # Its own group, so stop signals it and anything it forks, never us.
+                # (No preexec_fn: unsafe in a threaded program; serve sets PDEATHSIG itself.)
+                start_new_session=True,
+            )
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            # Popen reports a failed exec synchronously; nothing is left to wait for.
+            os.close(write_end)
+            reason = getattr(error, "strerror", None) or str(error)
+            os.write(log_fd, f"process spawn failed: {argv[0]}: {reason}\n".encode())
+            raise SpawnFailed(argv, reason) from error
+        finally:
+            os.close(read_end)  # only the child's copy must keep the pipe open
+        return proc, write_end
+
+    def _poll_ready(
+        self, child: _Child, client: httpx.Client, url: str, deadline: float
+    ) -> Ready | Exited | TimedOut:
+        interval = POLL_FIRST_S
+        confirming = False  # the previous poll got a 200
+        while True:
+            if child.proc.poll() is not None:
+                return self._exited(child)
+            answered = _answers_200(client, url, deadline)
+            # One 200 is not enough: a provider can answer once and die (the seed's C.1).
+            if answered and confirming and child.proc.poll() is None:
+                return Ready()
+            confirming = answered
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return TimedOut() if child.proc.poll() is None else self._exited(child)
+            time.sleep(min(interval, remaining))
+            interval = min(interval * POLL_GROWTH, POLL_MAX_S)
+
+    def _exited(self, child: _Child) -> Exited:
+        tail = select_stderr_tail(read_log_tail(child.handle.log_path))
+        return Exited(child.proc.returncode, tail)
+
+    def _terminate(self, child: _Child, grace: float) -> Stopped | Killed:
+        if child.proc.poll() is not None:
+            return Stopped(child.proc.returncode)
+        _signal_group(child.handle.pgid, signal.SIGTERM)
+        try:
+            return Stopped(child.proc.wait(timeout=grace))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(child.handle.pgid, signal.SIGKILL)
+        return Killed(child.proc.wait(timeout=KILL_REAP_TIMEOUT_S))
+
+    def _release(self, child: _Child) -> None:
+        """Forgets a reaped child, after clearing anything left in its process group."""
+        assert child.proc.returncode is not None, "release only a reaped child"
+        # The leader's id cannot be reused as a group id while members remain, so this
+        # reaches only processes our child left behind.
+        _signal_group(child.handle.pgid, signal.SIGKILL)
+        os.close(child.guard_fd)
+        self._child = None
+
+    def _wait_port_free(self, port: int) -> None:
+        deadline = time.monotonic() + PORT_FREE_TIMEOUT_S
+        while not port_is_free(port):
+            if time.monotonic() > deadline:
+                detail = f"still in use {PORT_FREE_TIMEOUT_S:.0f} s after the provider stopped"
+                raise PortBusy(port, detail)
+            time.sleep(PORT_POLL_S)
+
+
+def _answers_200(client: httpx.Client, url: str, deadline: float) -> bool:
+    timeout = max(0.05, min(REQUEST_TIMEOUT_S, deadline - time.monotonic()))
+    try:
+        return client.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class ProviderProxy(ActorMemberMixin, pykka.ActorProxy[ProviderActor]):
+    """The ProviderActor's methods as mypy sees them through a proxy: each returns a Future."""
+
+    start_provider = proxy_method(ProviderActor.start_provider)
+    wait_ready = proxy_method(ProviderActor.wait_ready)
+    stop_provider = proxy_method(ProviderActor.stop_provider)
+    handle = proxy_method(ProviderActor.handle)
+
+
+def start_provider_actor(
+    state_dir: Path,
+    *,
+    serve_command: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ProviderProxy:
+    """Starts a ProviderActor writing logs under `state_dir/logs` and returns its typed proxy.
+
+    `serve_command` replaces `python -m macprovider.cli serve` (tests use a stand-in);
+    `env` replaces the inherited environment of every child.
+    """
+    ref = ProviderActor.start(state_dir, serve_command=serve_command, env=env)
+    return cast(ProviderProxy, ref.proxy())

@@ -1,0 +1,457 @@
+"""ProviderActor: the pure decisions (argv, log names, log tail), then the whole lifecycle
+against a scriptable stand-in provider, then the critical path on the real `serve`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import psutil
+import pykka
+import pytest
+
+from macprovider.actors.errors import (
+    PortBusy,
+    ProviderAlreadyRunning,
+    ProviderNotStarted,
+    SpawnFailed,
+)
+from macprovider.actors.messages import (
+    Exited,
+    Killed,
+    Knobs,
+    ProviderHandle,
+    Ready,
+    Stopped,
+    TimedOut,
+)
+from macprovider.actors.provider import (
+    SERVE_COMMAND,
+    ProviderProxy,
+    create_log_file,
+    log_file_name,
+    model_slug,
+    port_is_free,
+    read_log_tail,
+    select_stderr_tail,
+    serve_argv,
+    start_provider_actor,
+)
+from macprovider.server.parent_guard import PARENT_FD_ENV
+from tests.conftest import clean_env, free_port, wait_until
+
+STANDIN = Path(__file__).with_name("provider_standin.py")
+STANDIN_COMMAND = (sys.executable, str(STANDIN))
+MODEL = "mlx-community/Fake-1B-4bit"
+ACTOR_TIMEOUT = 20.0  # every future: a wedged actor fails the test instead of hanging it
+READY_TIMEOUT = 10.0
+GONE_TIMEOUT = 5.0
+
+
+# --- argv ----------------------------------------------------------------------------------
+
+BASE = ("serve", "--no-join", "--port", "8080", "--model", "m")
+
+
+@pytest.mark.parametrize(
+    ("knobs", "tail"),
+    [
+        (Knobs(), ()),
+        (Knobs(kv_bits=4), ("--kv-bits", "4")),
+        (Knobs(max_context=4096), ("--max-context", "4096")),
+        (Knobs(max_batch=2), ("--max-batch", "2")),
+        (
+            Knobs(kv_bits=8, max_context=2048, max_batch=1),
+            ("--kv-bits", "8", "--max-context", "2048", "--max-batch", "1"),
+        ),
+    ],
+)
+def test_argv_always_has_no_join_and_only_the_set_knobs(
+    knobs: Knobs, tail: tuple[str, ...]
+) -> None:
+    assert serve_argv(["serve"], "m", 8080, knobs) == BASE + tail
+
+
+def test_default_serve_command_is_this_interpreter_running_serve() -> None:
+    assert (sys.executable, "-m", "macprovider.cli", "serve") == SERVE_COMMAND
+
+
+# --- log names -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "slug"),
+    [
+        ("mlx-community/Qwen2.5-14B-Instruct-4bit", "mlx-community-Qwen2.5-14B-Instruct-4bit"),
+        ("/root/.cache/fixtures/tiny", "root-.cache-fixtures-tiny"),
+        ("../../etc/passwd", "etc-passwd"),
+        ("a b:c*d", "a-b-c-d"),
+        (".hidden", "hidden"),
+        ("///", "model"),
+        ("", "model"),
+        ("/" + "x" * 100 + "/model-7b", ("x" * 100 + "-model-7b")[-80:]),
+    ],
+)
+def test_model_slug_is_one_safe_file_name_part(model: str, slug: str) -> None:
+    assert model_slug(model) == slug
+
+
+def test_log_file_name_is_slug_port_time_token() -> None:
+    name = log_file_name("mlx-community/M", 18080, 1764057600, "0a1b2c3d")
+    assert name == "mlx-community-M-18080-1764057600-0a1b2c3d.log"
+
+
+def test_a_colliding_log_name_is_never_reused(tmp_path: Path) -> None:
+    tokens = iter(["deadbeef", "deadbeef", "cafebabe"])
+    first, fd1 = create_log_file(tmp_path, "m", 1, unix_ts=5, new_token=lambda: next(tokens))
+    os.write(fd1, b"first provider\n")
+    second, fd2 = create_log_file(tmp_path, "m", 1, unix_ts=5, new_token=lambda: next(tokens))
+    os.close(fd1)
+    os.close(fd2)
+    assert (first.name, second.name) == ("m-1-5-deadbeef.log", "m-1-5-cafebabe.log")
+    assert first.read_text() == "first provider\n"
+
+
+def test_random_log_tokens_are_8_hex(tmp_path: Path) -> None:
+    path, fd = create_log_file(tmp_path, "m", 1, unix_ts=5)
+    os.close(fd)
+    token = path.stem.rsplit("-", 1)[1]
+    assert len(token) == 8 and int(token, 16) >= 0
+
+
+# --- stderr tail ---------------------------------------------------------------------------
+
+CONFIG = "config: model=m port=1\nconfig: kv_bits=None\n"
+OOM = "out of memory (needed 812 MiB, 96 MiB free)"
+
+
+@pytest.mark.parametrize(
+    ("log", "tail"),
+    [
+        ("", ""),
+        ("\n\n  \n", ""),
+        (CONFIG + f"loading: {OOM}\nconfig: bye\n", f"loading: {OOM}"),
+        (CONFIG + "[METAL] Insufficient Memory\nbye\n", "[METAL] Insufficient Memory"),
+        ("a\nERROR: weights corrupt\nlater error: x\n", "ERROR: weights corrupt"),
+        ("a\nKilled\n", "Killed"),
+        (
+            'start\nTraceback (most recent call last):\n  File "x.py", line 1\n    boom()\n'
+            "ValueError: bad shape\nshutting down\n",
+            "Traceback (most recent call last):\nValueError: bad shape",
+        ),
+        ("1\n2\n3\n4\n5\n6\n7\n", "3\n4\n5\n6\n7"),
+        ("only line", "only line"),
+        ("x" * 3000 + " error", "x" * 2000),
+        ("\n".join("y" * 900 for _ in range(5)), ("\n".join("y" * 900 for _ in range(5)))[-2000:]),
+    ],
+)
+def test_stderr_tail_prefers_the_first_telling_line(log: str, tail: str) -> None:
+    assert select_stderr_tail(log) == tail
+
+
+def test_stderr_tail_is_never_longer_than_2000_chars() -> None:
+    assert len(select_stderr_tail("\n".join(["z" * 1999] * 10))) <= 2000
+
+
+def test_read_log_tail_keeps_the_end_and_drops_the_cut_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.log"
+    path.write_text("old line\n" * 10 + "last: error\n")
+    assert read_log_tail(path, max_bytes=16) == "last: error\n"
+    assert read_log_tail(path) == path.read_text()
+    assert read_log_tail(tmp_path / "missing.log") == ""
+
+
+# --- port check ----------------------------------------------------------------------------
+
+
+def test_port_is_free_sees_a_listener() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not port_is_free(port)
+    assert port_is_free(port)
+
+
+# --- the actor against the stand-in --------------------------------------------------------
+
+MakeActor = Callable[..., ProviderProxy]
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def make_actor(state_dir: Path) -> Iterator[MakeActor]:
+    """`make_actor(mode, **env)`: a ProviderActor running the stand-in; stopped afterwards."""
+    started: list[ProviderProxy] = []
+
+    def make(mode: str = "ok", **env: str) -> ProviderProxy:
+        proxy = start_provider_actor(
+            state_dir, serve_command=STANDIN_COMMAND, env=clean_env(STANDIN_MODE=mode, **env)
+        )
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.actor_ref.stop(timeout=ACTOR_TIMEOUT)
+    assert standin_children() == []
+
+
+def standin_children() -> list[psutil.Process]:
+    """Our live stand-in processes (zombies not yet reaped count as gone)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if str(STANDIN) in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def exited(pid: int) -> bool:
+    """The process has ended (reaped, or a zombie waiting for its parent)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def open_fds() -> int:
+    return psutil.Process().num_fds()
+
+
+NO_KNOBS = Knobs()
+
+
+def start(proxy: ProviderProxy, port: int | None = None, knobs: Knobs = NO_KNOBS) -> ProviderHandle:
+    port = free_port() if port is None else port
+    return proxy.start_provider(MODEL, port, knobs).get(timeout=ACTOR_TIMEOUT)
+
+
+def test_ready_then_stopped_leaves_no_process_port_or_fd(
+    make_actor: MakeActor, state_dir: Path
+) -> None:
+    proxy = make_actor("ok", STANDIN_LOAD_DELAY="0.3")
+    fds_before = open_fds()
+    handle = start(proxy, knobs=Knobs(max_batch=2))
+    child = psutil.Process(handle.pid)
+    assert handle.pgid == handle.pid == os.getpgid(handle.pid) != os.getpgrp()
+    assert handle.argv == serve_argv(STANDIN_COMMAND, MODEL, handle.port, Knobs(max_batch=2))
+    assert handle.log_path.parent == state_dir / "logs"
+    assert PARENT_FD_ENV in child.environ()
+    assert proxy.handle().get(timeout=ACTOR_TIMEOUT) == handle
+
+    assert proxy.wait_ready(READY_TIMEOUT).get(timeout=ACTOR_TIMEOUT) == Ready()
+    assert proxy.stop_provider(5.0).get(timeout=ACTOR_TIMEOUT) == Stopped(0)
+
+    assert not psutil.pid_exists(handle.pid)
+    assert port_is_free(handle.port)
+    assert open_fds() == fds_before
+    assert proxy.handle().get(timeout=ACTOR_TIMEOUT) is None
+    assert "max_batch=2" in handle.log_path.read_text()
+
+
+def test_exit_during_load_reports_the_oom_line_not_the_config_echo(make_actor: MakeActor) -> None:
+    proxy = make_actor("exit-during-load", STANDIN_LOAD_DELAY="0.2")
+    start(proxy)
+    result = proxy.wait_ready(READY_TIMEOUT).get(timeout=ACTOR_TIMEOUT)
+    assert isinstance(result, Exited)
+    assert result.returncode == 1
+    assert result.stderr_tail == f"standin: loading weights: {OOM}"
+
+
+def test_a_dead_provider_does_not_block_the_next_start(make_actor: MakeActor) -> None:
+    proxy = make_actor("exit-during-load")
+    first = start(proxy)
+    wait_until(lambda: exited(first.pid), GONE_TIMEOUT, "the stand-in to exit")
+    second = start(proxy)
+    assert second.pid != first.pid
+    assert second.log_path != first.log_path
+
+
+def test_never_ready_times_out_and_still_stops(make_actor: MakeActor) -> None:
+    proxy = make_actor("never-ready")
+    handle = start(proxy)
+    began = time.monotonic()
+    assert proxy.wait_ready(1.0).get(timeout=ACTOR_TIMEOUT) == TimedOut()
+    assert time.monotonic() - began < 3.0
+    assert proxy.stop_provider(5.0).get(timeout=ACTOR_TIMEOUT) == Stopped(0)
+    assert not psutil.pid_exists(handle.pid)
+
+
+def test_a_provider_that_dies_after_its_first_200_is_exited_not_ready(
+    make_actor: MakeActor,
+) -> None:
+    proxy = make_actor("die-after-first-200")
+    start(proxy)
+    result = proxy.wait_ready(READY_TIMEOUT).get(timeout=ACTOR_TIMEOUT)
+    assert isinstance(result, Exited)
+    assert result.returncode == 3
+
+
+def test_ignoring_sigterm_gets_killed_and_leaves_nothing(make_actor: MakeActor) -> None:
+    proxy = make_actor("ignore-sigterm")
+    handle = start(proxy)
+    assert proxy.wait_ready(READY_TIMEOUT).get(timeout=ACTOR_TIMEOUT) == Ready()
+    result = proxy.stop_provider(0.5).get(timeout=ACTOR_TIMEOUT)
+    assert result == Killed(-9)
+    assert port_is_free(handle.port)
+    assert not psutil.pid_exists(handle.pid)
+    assert standin_children() == []
+
+
+def test_a_crash_after_ready_is_exited_with_the_exception(make_actor: MakeActor) -> None:
+    proxy = make_actor("crash-after", STANDIN_CRASH_AFTER="0.8")
+    handle = start(proxy)
+    assert proxy.wait_ready(READY_TIMEOUT).get(timeout=ACTOR_TIMEOUT) == Ready()
+    wait_until(lambda: exited(handle.pid), GONE_TIMEOUT, "the stand-in to crash")
+    result = proxy.wait_ready(READY_TIMEOUT).get(timeout=ACTOR_TIMEOUT)
+    assert result == Exited(
+        70, "Traceback (most recent call last):\nRuntimeError: simulated crash after 0.8 s"
+    )
+    assert proxy.stop_provider(5.0).get(timeout=ACTOR_TIMEOUT) == Stopped(70)
+
+
+def test_a_taken_port_is_refused_before_anything_starts(
+    make_actor: MakeActor, state_dir: Path
+) -> None:
+    proxy = make_actor()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with pytest.raises(PortBusy, match=str(listener.getsockname()[1])):
+            start(proxy, listener.getsockname()[1])
+    assert standin_children() == []
+    assert not (state_dir / "logs").exists() or list((state_dir / "logs").iterdir()) == []
+
+
+def test_a_second_start_while_one_lives_is_refused(make_actor: MakeActor) -> None:
+    proxy = make_actor()
+    first = start(proxy)
+    with pytest.raises(ProviderAlreadyRunning, match=f"pid {first.pid}"):
+        start(proxy)
+    assert [child.pid for child in standin_children()] == [first.pid]
+
+
+def test_concurrent_starts_from_two_threads_leave_exactly_one_child(
+    make_actor: MakeActor,
+) -> None:
+    proxy = make_actor()
+    barrier = threading.Barrier(2)
+    outcomes: list[ProviderHandle | BaseException] = []
+
+    def race() -> None:
+        barrier.wait(timeout=ACTOR_TIMEOUT)
+        try:
+            outcomes.append(start(proxy))
+        except ProviderAlreadyRunning as refused:
+            outcomes.append(refused)
+
+    threads = [threading.Thread(target=race) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=ACTOR_TIMEOUT)
+    handles = [o for o in outcomes if isinstance(o, ProviderHandle)]
+    refusals = [o for o in outcomes if isinstance(o, ProviderAlreadyRunning)]
+    assert (len(handles), len(refusals)) == (1, 1)
+    assert [child.pid for child in standin_children()] == [handles[0].pid]
+
+
+@pytest.mark.parametrize("kind", ["missing", "not-executable"])
+def test_an_unspawnable_binary_fails_fast_without_leaking_fds(
+    kind: str, tmp_path: Path, state_dir: Path
+) -> None:
+    binary = tmp_path / "macprovider-supervise"
+    if kind == "not-executable":
+        binary.write_text("#!/bin/sh\nexit 0\n")
+        binary.chmod(0o644)
+    proxy = start_provider_actor(state_dir, serve_command=[str(binary), "serve"], env=clean_env())
+    try:
+        fds_before = open_fds()
+        began = time.monotonic()
+        with pytest.raises(SpawnFailed, match=str(binary)):
+            start(proxy)
+        assert time.monotonic() - began < 1.0
+        assert open_fds() == fds_before
+        assert proxy.handle().get(timeout=ACTOR_TIMEOUT) is None
+        (log_path,) = (state_dir / "logs").iterdir()
+        assert "process spawn failed" in log_path.read_text()
+    finally:
+        proxy.actor_ref.stop(timeout=ACTOR_TIMEOUT)
+
+
+def test_every_start_gets_its_own_log_file(make_actor: MakeActor, state_dir: Path) -> None:
+    proxy = make_actor()
+    port = free_port()
+    logs = []
+    for _ in range(3):  # same model, same port, same second
+        logs.append(start(proxy, port).log_path)
+        proxy.stop_provider(5.0).get(timeout=ACTOR_TIMEOUT)
+    assert len(set(logs)) == 3
+    assert sorted(state_dir.joinpath("logs").iterdir()) == sorted(logs)
+
+
+def test_without_a_provider_stop_is_stopped_and_wait_is_refused(make_actor: MakeActor) -> None:
+    proxy = make_actor()
+    assert proxy.stop_provider(1.0).get(timeout=ACTOR_TIMEOUT) == Stopped()
+    with pytest.raises(ProviderNotStarted):
+        proxy.wait_ready(1.0).get(timeout=ACTOR_TIMEOUT)
+
+
+def test_stopping_the_actor_stops_its_live_child(make_actor: MakeActor) -> None:
+    proxy = make_actor()
+    handle = start(proxy)
+    assert proxy.actor_ref.stop(timeout=ACTOR_TIMEOUT)
+    assert not psutil.pid_exists(handle.pid)
+    assert port_is_free(handle.port)
+
+
+def test_an_actor_crash_kills_its_child_group(make_actor: MakeActor) -> None:
+    proxy = make_actor("ignore-sigterm")
+    handle = start(proxy)
+    # A fire-and-forget call that raises is a crash: pykka calls on_failure and stops the actor.
+    cast(Any, proxy).start_provider.defer(MODEL, handle.port, Knobs())
+    wait_until(lambda: not proxy.actor_ref.is_alive(), GONE_TIMEOUT, "the actor to stop")
+    wait_until(lambda: not psutil.pid_exists(handle.pid), GONE_TIMEOUT, "the child to be reaped")
+    with pytest.raises(pykka.ActorDeadError):
+        proxy.handle().get(timeout=ACTOR_TIMEOUT)
+
+
+# --- the critical path on the real serve ---------------------------------------------------
+
+
+def test_real_serve_starts_answers_and_stops_cleanly(tiny_model: Path, state_dir: Path) -> None:
+    proxy = start_provider_actor(state_dir, env=clean_env())
+    try:
+        knobs = Knobs(kv_bits=8, max_context=256, max_batch=2)
+        handle = proxy.start_provider(str(tiny_model), free_port(), knobs).get(
+            timeout=ACTOR_TIMEOUT
+        )
+        assert proxy.wait_ready(120.0).get(timeout=130.0) == Ready()
+
+        completion = httpx.post(
+            f"http://127.0.0.1:{handle.port}/v1/completions",
+            json={"model": str(tiny_model), "prompt": "hello", "max_tokens": 4},
+            timeout=30,
+        )
+        assert completion.status_code == 200
+        assert completion.json()["usage"]["completion_tokens"] > 0
+
+        assert proxy.stop_provider(10.0).get(timeout=ACTOR_TIMEOUT) == Stopped(0)
+        assert port_is_free(handle.port)
+        assert not psutil.pid_exists(handle.pid)
+    finally:
+        proxy.actor_ref.stop(timeout=ACTOR_TIMEOUT)
