@@ -60,3 +60,11 @@ class Killed:
     """The provider outlived the grace and its process group was SIGKILLed."""
 
     returncode: int | None = None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a supervised run ended: an exit reason and, for failures, what happened."""
+
+    reason: str
+    failure: str | None = None

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -196,6 +197,31 @@ class _Child:
     guard_fd: int  # write end of the parent-death pipe; the child exits when it closes
 
 
+class ProcessGroups:
+    """The provider process groups alive right now, readable from any thread.
+
+    A second Ctrl-C must kill our children at once, without waiting for an actor that
+    may be busy (e.g. inside `wait_ready`); this is what the main thread reads then.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pgids: set[int] = set()
+
+    def add(self, pgid: int) -> None:
+        with self._lock:
+            self._pgids.add(pgid)
+
+    def discard(self, pgid: int) -> None:
+        with self._lock:
+            self._pgids.discard(pgid)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            for pgid in self._pgids:
+                _signal_group(pgid, signal.SIGKILL)
+
+
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
         os.killpg(pgid, signum)
@@ -210,8 +236,10 @@ class ProviderActor(pykka.ThreadingActor):
         *,
         serve_command: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
+        groups: ProcessGroups | None = None,
     ) -> None:
         super().__init__()
+        self._groups = groups if groups is not None else ProcessGroups()
         self._logs_dir = state_dir / "logs"
         self._serve_command = tuple(serve_command) if serve_command is not None else SERVE_COMMAND
         self._env = dict(env) if env is not None else None
@@ -236,6 +264,7 @@ class ProviderActor(pykka.ThreadingActor):
             os.close(log_fd)  # the child writes through its own copy
         handle = ProviderHandle(proc.pid, proc.pid, port, model, argv, log_path)
         self._child = _Child(proc, handle, guard_fd)
+        self._groups.add(handle.pgid)
         log.info("provider started: pid %d, %s on port %d, log %s", proc.pid, model, port, log_path)
         return handle
 
@@ -262,6 +291,13 @@ class ProviderActor(pykka.ThreadingActor):
     def handle(self) -> ProviderHandle | None:
         """The child this actor holds (alive or not yet cleaned up), if any."""
         return self._child.handle if self._child is not None else None
+
+    def check(self) -> Exited | None:
+        """How the child ended, if it died on its own; None while it lives (or with none)."""
+        child = self._child
+        if child is None or child.proc.poll() is None:
+            return None
+        return self._exited(child)
 
     def on_stop(self) -> None:
         # Stopping the actor must never leave a provider behind.
@@ -364,6 +400,7 @@ class ProviderActor(pykka.ThreadingActor):
         # reaches only processes our child left behind.
         _signal_group(child.handle.pgid, signal.SIGKILL)
         os.close(child.guard_fd)
+        self._groups.discard(child.handle.pgid)
         self._child = None
 
     def _wait_port_free(self, port: int) -> None:
@@ -390,6 +427,7 @@ class ProviderProxy(ActorMemberMixin, pykka.ActorProxy[ProviderActor]):
     wait_ready = proxy_method(ProviderActor.wait_ready)
     stop_provider = proxy_method(ProviderActor.stop_provider)
     handle = proxy_method(ProviderActor.handle)
+    check = proxy_method(ProviderActor.check)
 
 
 def start_provider_actor(
@@ -397,11 +435,13 @@ def start_provider_actor(
     *,
     serve_command: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
+    groups: ProcessGroups | None = None,
 ) -> ProviderProxy:
     """Starts a ProviderActor writing logs under `state_dir/logs` and returns its typed proxy.
 
     `serve_command` replaces `python -m macprovider.cli serve` (tests use a stand-in);
-    `env` replaces the inherited environment of every child.
+    `env` replaces the inherited environment of every child; `groups` is where the
+    live process groups are published for an emergency kill.
     """
-    ref = ProviderActor.start(state_dir, serve_command=serve_command, env=env)
+    ref = ProviderActor.start(state_dir, serve_command=serve_command, env=env, groups=groups)
     return cast(ProviderProxy, ref.proxy())

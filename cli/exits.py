@@ -16,6 +16,7 @@ EX_DATAERR = 65  # the model's files exist but cannot be loaded
 EX_NOINPUT = 66  # the model id or path resolves to nothing on this machine
 EX_UNAVAILABLE = 69  # the address to listen on is taken
 EX_SOFTWARE = 70  # anything unexpected (a bug)
+EX_TEMPFAIL = 75  # `run` gave up on a provider in a crash loop
 
 EXIT_CODES: dict[type[Exception], int] = {
     ConfigError: EX_USAGE,
@@ -32,3 +33,11 @@ def exit_code_for(error: Exception) -> int:
         if kind in EXIT_CODES:
             return EXIT_CODES[kind]
     return EX_SOFTWARE
+
+
+# How a supervised `run` ended (RunOutcome.reason) → its exit code.
+RUN_EXIT_CODES: dict[str, int] = {"stopped": 0, "crash_loop": EX_TEMPFAIL}
+
+
+def run_exit_code(reason: str) -> int:
+    return RUN_EXIT_CODES.get(reason, EX_SOFTWARE)

@@ -6,12 +6,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 import psutil
 
-from macprovider.cli.exits import EX_USAGE, exit_code_for
+from macprovider.cli.exits import EX_USAGE, exit_code_for, run_exit_code
 from macprovider.server.config import SERVE_OPTIONS, resolve_serve_config
 from macprovider.server.errors import ServeError
 from macprovider.server.models import resolve_model_path
@@ -68,8 +69,37 @@ def serve(no_join: bool, **knobs: str | None) -> int:
     return run(config, model_path, parent=parent)
 
 
+@cli.command()
+@knob_options
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where provider logs go. [default: $XDG_STATE_HOME/macprovider, "
+    "else ~/.local/state/macprovider]",
+)
+def run(state_dir: Path | None, **knobs: str | None) -> int:
+    """Keep the configured provider alive (what launchd/systemd run).
+
+    The provider is resolved like `serve` and started with --no-join. A crash
+    restarts it after 1 s, doubling to 60 s (reset after 10 min healthy); 5 crashes
+    within 5 minutes is a crash loop: exit 75. It is health-checked every 10 s.
+    SIGTERM/SIGINT stop it gracefully and exit 0 (a second one: at once, 130);
+    SIGHUP re-reads the config and restarts it if its model, port or knobs changed.
+    """
+    from macprovider.cli.run import default_state_dir, run_provider
+
+    outcome = run_provider(knobs, state_dir or default_state_dir(os.environ))
+    if outcome.failure:
+        click.echo(f"{PROG}: error: {outcome.failure}", err=True)
+    return run_exit_code(outcome.reason)
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {PROG}: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     code = _invoke()
     sys.stdout.flush()
     sys.stderr.flush()

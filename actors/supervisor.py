@@ -1,0 +1,81 @@
+"""The Supervisor: starts its children in order, stops them in reverse, and turns a child's
+crash into the same orderly stop (DESIGN §3). It never does the work itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import pykka
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from macprovider.actors.messages import RunOutcome
+
+log = logging.getLogger("macprovider.supervisor")
+
+CHILD_STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """A child by name, and how to start it given the supervisor's proxy (to report to)."""
+
+    name: str
+    start: Callable[[SupervisorProxy], pykka.ActorRef[Any]]
+
+
+class Supervisor(pykka.ThreadingActor):
+    def __init__(self, children: Sequence[ChildSpec], finished: Callable[[RunOutcome], None]):
+        super().__init__()
+        self._specs = tuple(children)
+        self._finished = finished
+        self._started: list[tuple[str, pykka.ActorRef[Any]]] = []
+        self._stopping = False
+
+    def on_start(self) -> None:
+        me = cast(SupervisorProxy, self.actor_ref.proxy())
+        for spec in self._specs:
+            try:
+                self._started.append((spec.name, spec.start(me)))
+            except Exception as exc:  # a child that cannot start ends the run in order
+                log.exception("%s failed to start", spec.name)
+                self.shutdown("internal_error", f"{spec.name} failed to start: {exc}")
+                return
+
+    def shutdown(self, reason: str, failure: str | None = None) -> None:
+        """Stops every child, newest first, then reports how the run ended. Idempotent."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("stopping (%s)", reason)
+        for name, ref in reversed(self._started):
+            try:
+                ref.stop(block=True, timeout=CHILD_STOP_TIMEOUT_S)
+            except Exception:  # one stuck child must not keep the others running
+                log.exception("%s did not stop cleanly", name)
+        self._finished(RunOutcome(reason, failure))
+        self.actor_ref.stop(block=False)
+
+    def child_failed(self, name: str, description: str) -> None:
+        log.error("%s failed: %s", name, description)
+        self.shutdown("internal_error", f"{name}: {description}")
+
+    def give_up(self, reason: str, description: str) -> None:
+        """A child ends the run on purpose (e.g. a crash loop), with its own exit reason."""
+        log.error("%s", description)
+        self.shutdown(reason, description)
+
+
+class SupervisorProxy(ActorMemberMixin, pykka.ActorProxy[Supervisor]):
+    shutdown = proxy_method(Supervisor.shutdown)
+    child_failed = proxy_method(Supervisor.child_failed)
+    give_up = proxy_method(Supervisor.give_up)
+
+
+def start_supervisor(
+    children: Sequence[ChildSpec], finished: Callable[[RunOutcome], None]
+) -> SupervisorProxy:
+    return cast(SupervisorProxy, Supervisor.start(children, finished).proxy())
