@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import cast
 
 import httpx
@@ -99,6 +100,16 @@ class KeeperActor(pykka.ThreadingActor):
         self._stop_provider()
         self._next_start_at = 0.0
         self._delay = None
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._ticker.stop()
+        trace = "".join(traceback.format_exception(exception_type, exception_value, tb))
+        self._supervisor.child_failed("keeper", trace)
 
     def on_stop(self) -> None:
         self._ticker.stop()

@@ -21,10 +21,13 @@ CHILD_STOP_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """A child by name, and how to start it given the supervisor's proxy (to report to)."""
+    """A child by name, how to start it given the supervisor's proxy (to report to), and
+    what to do with the run's outcome just before it is stopped (e.g. the Store closes
+    the run row, after every later child is already stopped)."""
 
     name: str
     start: Callable[[SupervisorProxy], pykka.ActorRef[Any]]
+    finalize: Callable[[RunOutcome], None] | None = None
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -32,14 +35,14 @@ class Supervisor(pykka.ThreadingActor):
         super().__init__()
         self._specs = tuple(children)
         self._finished = finished
-        self._started: list[tuple[str, pykka.ActorRef[Any]]] = []
+        self._started: list[tuple[ChildSpec, pykka.ActorRef[Any]]] = []
         self._stopping = False
 
     def on_start(self) -> None:
         me = cast(SupervisorProxy, self.actor_ref.proxy())
         for spec in self._specs:
             try:
-                self._started.append((spec.name, spec.start(me)))
+                self._started.append((spec, spec.start(me)))
             except Exception as exc:  # a child that cannot start ends the run in order
                 log.exception("%s failed to start", spec.name)
                 self.shutdown("internal_error", f"{spec.name} failed to start: {exc}")
@@ -51,12 +54,15 @@ class Supervisor(pykka.ThreadingActor):
             return
         self._stopping = True
         log.info("stopping (%s)", reason)
-        for name, ref in reversed(self._started):
+        outcome = RunOutcome(reason, failure)
+        for spec, ref in reversed(self._started):
             try:
+                if spec.finalize is not None:
+                    spec.finalize(outcome)
                 ref.stop(block=True, timeout=CHILD_STOP_TIMEOUT_S)
             except Exception:  # one stuck child must not keep the others running
-                log.exception("%s did not stop cleanly", name)
-        self._finished(RunOutcome(reason, failure))
+                log.exception("%s did not stop cleanly", spec.name)
+        self._finished(outcome)
         self.actor_ref.stop(block=False)
 
     def child_failed(self, name: str, description: str) -> None:

@@ -173,3 +173,15 @@ def test_unknown_model_fails_before_supervising(tmp_path: Path, runs: list[Run])
     runs.append(run)
     assert run.proc.wait(timeout=30) == 66
     assert "nope" in run.log() and "Traceback" not in run.log()
+
+
+def test_kill_9_of_run_takes_its_provider_down_within_2_s(
+    tmp_path: Path, tiny_model: Path, runs: list[Run]
+) -> None:
+    run = Run(tmp_path, "--model", str(tiny_model))
+    runs.append(run)
+    wait_until(run.ready, READY_S, "the provider")
+    children = run.providers()
+    run.proc.kill()
+    run.proc.wait()
+    wait_until(lambda: not any(c.is_running() for c in children), 2, "the orphaned provider")
