@@ -166,8 +166,7 @@ class KeeperActor(pykka.ThreadingActor):
         log.warning("provider crashed (%s); restarting in %.0f s", what, decision.delay_s)
 
     def _stop_provider(self) -> None:
-        result = self._provider.stop_provider(STOP_GRACE_S).get(timeout=CALL_TIMEOUT_S)
-        log.info("provider stopped: %s", result)
+        self._provider.stop_provider(STOP_GRACE_S).get(timeout=CALL_TIMEOUT_S)  # logs the result
         self._running = self._ready = False
 
 

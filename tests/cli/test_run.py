@@ -95,7 +95,7 @@ def test_crash_restarts_then_sigterm_stops_everything_and_exits_0(
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(timeout=30) == 0
     assert_nothing_left(run, [second])
-    assert "provider stopped: Stopped(returncode=0)" in run.log()
+    assert f"provider pid {second.pid} Stopped(returncode=0)" in run.log()
 
 
 def test_crash_loop_gives_up_with_exit_75(
@@ -185,3 +185,18 @@ def test_kill_9_of_run_takes_its_provider_down_within_2_s(
     run.proc.kill()
     run.proc.wait()
     wait_until(lambda: not any(c.is_running() for c in children), 2, "the orphaned provider")
+
+
+def test_a_provider_that_stops_answering_health_is_replaced(
+    tmp_path: Path, tiny_model: Path, runs: list[Run]
+) -> None:
+    run = Run(tmp_path, "--model", str(tiny_model))
+    runs.append(run)
+    wait_until(lambda: "provider ready" in run.log(), READY_S, "the keeper to see it ready")
+    (frozen,) = run.providers()
+    frozen.suspend()  # alive, port open, but silent: only /health can tell
+    # 10 s health interval + 5 s health timeout + 10 s stop grace, then a restart.
+    wait_until(lambda: "stopped answering /health" in run.log(), 30, "the health check")
+    wait_until(run.ready, READY_S, "the replacement")
+    (replacement,) = run.providers()
+    assert replacement.pid != frozen.pid and not frozen.is_running()
