@@ -35,6 +35,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(POLL_INTERVAL)
 
 
+def model_variant(model: Path, dest: Path, replaced: dict[str, bytes]) -> Path:
+    """A copy of a fixture model at `dest`: its files symlinked, except `replaced` ones."""
+    dest.mkdir(parents=True)
+    for item in model.iterdir():
+        if item.name not in replaced:
+            (dest / item.name).symlink_to(item)
+    for name, content in replaced.items():
+        (dest / name).write_bytes(content)
+    return dest
+
+
 def supervise_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "macprovider.cli", *args]
 

@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import clean_env, free_port, supervise_argv, wait_until
+from tests.conftest import clean_env, free_port, model_variant, supervise_argv, wait_until
 
 READY_S = 60.0
 
@@ -101,12 +101,7 @@ def test_crash_restarts_then_sigterm_stops_everything_and_exits_0(
 def test_crash_loop_gives_up_with_exit_75(
     tmp_path: Path, tiny_model: Path, runs: list[Run]
 ) -> None:
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for item in tiny_model.iterdir():
-        if item.name != "model.safetensors":
-            (broken / item.name).symlink_to(item)
-    (broken / "model.safetensors").write_bytes(b"not weights")
+    broken = model_variant(tiny_model, tmp_path / "broken", {"model.safetensors": b"junk"})
     run = Run(tmp_path, "--model", str(broken))
     runs.append(run)
     # Five crashes with 1 + 2 + 4 + 8 s between them.

@@ -13,7 +13,7 @@ from mlx_lm.utils import load
 from openai.types.chat import ChatCompletionMessageParam
 
 from macprovider.server.engine import SamplingParams, make_sampler
-from tests.conftest import ServerProcess, StartServer
+from tests.conftest import ServerProcess, StartServer, model_variant
 
 CHAT: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Tell me a story about a fox."}
@@ -172,14 +172,13 @@ def eos_mid_reply(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) ->
     fresh = [i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i]]
     assert fresh, f"sampling repeats one token: {tokens}; pick another seed"
     stop_at = fresh[0]
-    copy = tmp_path_factory.mktemp("eos") / "tiny-eos"
-    copy.mkdir()
-    for item in tiny_model.iterdir():
-        if item.name != "config.json":
-            (copy / item.name).symlink_to(item)
     config = json.loads((tiny_model / "config.json").read_text())
     config["eos_token_id"] = [config["eos_token_id"], tokens[stop_at]]
-    (copy / "config.json").write_text(json.dumps(config))
+    copy = model_variant(
+        tiny_model,
+        tmp_path_factory.mktemp("eos") / "tiny-eos",
+        {"config.json": json.dumps(config).encode()},
+    )
     _, tokenizer = load(str(tiny_model))
     detokenizer = tokenizer.detokenizer  # the server's own detokenizer, leading-space rule included
     for token in tokens[:stop_at]:

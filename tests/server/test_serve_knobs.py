@@ -19,6 +19,7 @@ from tests.conftest import (
     StartServer,
     clean_env,
     free_port,
+    model_variant,
     supervise_argv,
     wait_until,
 )
@@ -341,12 +342,7 @@ def test_no_join_opens_no_connection_to_the_coordinator(
 def test_unloadable_weights_exit_65_with_the_loader_reason(
     tmp_path: Path, tiny_model: Path
 ) -> None:
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for item in tiny_model.iterdir():
-        if item.name != "model.safetensors":
-            (broken / item.name).symlink_to(item)
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    broken = model_variant(tiny_model, tmp_path / "broken", {"model.safetensors": b"junk"})
     done = run_serve("--model", str(broken), "--port", str(free_port()))
     assert done.returncode == 65
     assert "cannot load the model" in done.stderr and "Traceback" not in done.stderr
