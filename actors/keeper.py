@@ -21,6 +21,7 @@ import httpx
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
+from macprovider.actors.errors import PortBusy, SpawnFailed
 from macprovider.actors.messages import Exited, Knobs, Ready, TimedOut
 from macprovider.actors.provider import ProviderProxy
 from macprovider.actors.restart_policy import GiveUp, after_crash
@@ -118,8 +119,13 @@ class KeeperActor(pykka.ThreadingActor):
 
     def _start(self, now: float) -> None:
         t = self._target
-        self._provider.start_provider(t.model, t.port, t.knobs).get(timeout=CALL_TIMEOUT_S)
-        self._running, self._ready, self._started_at = True, False, now
+        self._started_at = now
+        try:
+            self._provider.start_provider(t.model, t.port, t.knobs).get(timeout=CALL_TIMEOUT_S)
+        except (PortBusy, SpawnFailed) as error:  # may pass (a port freed late): back off
+            self._crashed(now, f"could not start: {error}")
+            return
+        self._running, self._ready = True, False
 
     def _await_ready(self, now: float) -> None:
         result = self._provider.wait_ready(READY_SLICE_S).get(timeout=CALL_TIMEOUT_S)

@@ -20,8 +20,10 @@ READY_S = 60.0
 class Run:
     """A `run` process on a free port, with its log and its provider children."""
 
-    def __init__(self, tmp_path: Path, *args: str, config: Path | None = None):
-        self.port = free_port()
+    def __init__(
+        self, tmp_path: Path, *args: str, config: Path | None = None, port: int | None = None
+    ):
+        self.port = port or free_port()
         self.log_path = tmp_path / "run.log"
         env = clean_env(XDG_STATE_HOME=str(tmp_path / "state"))
         if config is not None:
@@ -195,3 +197,16 @@ def test_a_provider_that_stops_answering_health_is_replaced(
     wait_until(run.ready, READY_S, "the replacement")
     (replacement,) = run.providers()
     assert replacement.pid != frozen.pid and not frozen.is_running()
+
+
+def test_a_busy_port_is_retried_with_backoff_until_it_frees(
+    tmp_path: Path, tiny_model: Path, runs: list[Run]
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))  # taken before `run` starts: no race
+        squatter.listen()
+        run = Run(tmp_path, "--model", str(tiny_model), port=squatter.getsockname()[1])
+        runs.append(run)
+        wait_until(lambda: "could not start" in run.log(), 20, "the busy port to be seen")
+        assert run.providers() == [] and run.proc.poll() is None
+    wait_until(run.ready, READY_S, "the provider once the port is free")
