@@ -21,9 +21,10 @@ from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.messages import Knobs, RunOutcome
 from macprovider.actors.provider import ProcessGroups, ProviderProxy, start_provider_actor
 from macprovider.actors.runtime import supervise
-from macprovider.actors.store import RunStart, StoreProxy, start_store_actor
+from macprovider.actors.store import StoreProxy, start_store_actor
 from macprovider.actors.supervisor import ChildSpec, SupervisorProxy
 from tests.actors.test_provider import STANDIN_COMMAND
+from tests.actors.test_store import make_run
 from tests.conftest import clean_env
 
 TIMEOUT_S = 30.0
@@ -58,7 +59,7 @@ def main(db: Path, state_dir: Path, port: int) -> int:
 
     def store_child(_: SupervisorProxy) -> pykka.ActorRef[Any]:
         store = start_store_actor(db)
-        store.begin_run(run_start(run_id)).get(timeout=TIMEOUT_S)
+        store.begin_run(make_run(run_id)).get(timeout=TIMEOUT_S)
         actors["store"] = store
         print("run started", flush=True)
         return store.actor_ref
@@ -90,24 +91,6 @@ def main(db: Path, state_dir: Path, port: int) -> int:
         groups,
     )
     return 1 if outcome.reason == "stopped" else 70
-
-
-def run_start(run_id: str) -> RunStart:
-    return RunStart(
-        run_id=run_id,
-        started_at=datetime.now(UTC),
-        spec_version="test",
-        binary_version="test",
-        machine_ram_gb=1.0,
-        machine_chip="test",
-        machine_os_version="test",
-        target_context=16,
-        candidate_models=("standin",),
-        stage1_replicates=1,
-        stage2_replicates=1,
-        gate_ttft_ms=1000.0,
-        tps_tie_epsilon=0.02,
-    )
 
 
 if __name__ == "__main__":

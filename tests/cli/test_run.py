@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -62,10 +62,20 @@ class Run:
             return False
 
 
+StartRun = Callable[..., Run]
+
+
 @pytest.fixture
-def runs(tmp_path: Path) -> Iterator[list[Run]]:
+def start_run(tmp_path: Path) -> Iterator[StartRun]:
+    """Starts `run` processes (`start_run(*args, config=..., port=...)`); kills leftovers."""
     started: list[Run] = []
-    yield started
+
+    def start(*args: str, config: Path | None = None, port: int | None = None) -> Run:
+        run = Run(tmp_path, *args, config=config, port=port)
+        started.append(run)
+        return run
+
+    yield start
     for run in started:
         for child in run.providers():
             child.kill()
@@ -83,10 +93,9 @@ def assert_nothing_left(run: Run, children: list[psutil.Process]) -> None:
 
 
 def test_crash_restarts_then_sigterm_stops_everything_and_exits_0(
-    tmp_path: Path, tiny_model: Path, runs: list[Run]
+    tiny_model: Path, start_run: StartRun
 ) -> None:
-    run = Run(tmp_path, "--model", str(tiny_model))
-    runs.append(run)
+    run = start_run("--model", str(tiny_model))
     wait_until(run.ready, READY_S, "the first provider")
     (first,) = run.providers()
     first.kill()
@@ -101,11 +110,10 @@ def test_crash_restarts_then_sigterm_stops_everything_and_exits_0(
 
 
 def test_crash_loop_gives_up_with_exit_75(
-    tmp_path: Path, tiny_model: Path, runs: list[Run]
+    tmp_path: Path, tiny_model: Path, start_run: StartRun
 ) -> None:
     broken = model_variant(tiny_model, tmp_path / "broken", {"model.safetensors": b"junk"})
-    run = Run(tmp_path, "--model", str(broken))
-    runs.append(run)
+    run = start_run("--model", str(broken))
     # Five crashes with 1 + 2 + 4 + 8 s between them.
     assert run.proc.wait(timeout=90) == 75
     log = run.log()
@@ -116,12 +124,11 @@ def test_crash_loop_gives_up_with_exit_75(
 
 
 def test_sighup_restarts_the_provider_with_the_new_kv_bits(
-    tmp_path: Path, tiny_model: Path, runs: list[Run]
+    tmp_path: Path, tiny_model: Path, start_run: StartRun
 ) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"model: {tiny_model}\nkv_bits: 8\n")
-    run = Run(tmp_path, config=config)
-    runs.append(run)
+    run = start_run(config=config)
     wait_until(lambda: run.metric("macprovider_kv_cache_bits") == 8, READY_S, "kv_bits 8")
     config.write_text(f"model: {tiny_model}\nkv_bits: 4\n")
     run.proc.send_signal(signal.SIGHUP)
@@ -130,12 +137,11 @@ def test_sighup_restarts_the_provider_with_the_new_kv_bits(
 
 
 def test_a_bad_config_on_sighup_keeps_the_running_provider(
-    tmp_path: Path, tiny_model: Path, runs: list[Run]
+    tmp_path: Path, tiny_model: Path, start_run: StartRun
 ) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"model: {tiny_model}\n")
-    run = Run(tmp_path, config=config)
-    runs.append(run)
+    run = start_run(config=config)
     wait_until(run.ready, READY_S, "the provider")
     (provider,) = run.providers()
     config.write_text("kv_bits: 7\n")
@@ -145,10 +151,9 @@ def test_a_bad_config_on_sighup_keeps_the_running_provider(
 
 
 def test_second_sigint_kills_the_provider_and_exits_130(
-    tmp_path: Path, tiny_model: Path, runs: list[Run]
+    tiny_model: Path, start_run: StartRun
 ) -> None:
-    run = Run(tmp_path, "--model", str(tiny_model))
-    runs.append(run)
+    run = start_run("--model", str(tiny_model))
     wait_until(run.ready, READY_S, "the provider")
     children = run.providers()
     body = {"prompt": "The", "max_tokens": 4000, "stream": True}
@@ -165,18 +170,16 @@ def test_second_sigint_kills_the_provider_and_exits_130(
     assert_nothing_left(run, children)
 
 
-def test_unknown_model_fails_before_supervising(tmp_path: Path, runs: list[Run]) -> None:
-    run = Run(tmp_path, "--model", str(tmp_path / "nope"))
-    runs.append(run)
+def test_unknown_model_fails_before_supervising(tmp_path: Path, start_run: StartRun) -> None:
+    run = start_run("--model", str(tmp_path / "nope"))
     assert run.proc.wait(timeout=30) == 66
     assert "nope" in run.log() and "Traceback" not in run.log()
 
 
 def test_kill_9_of_run_takes_its_provider_down_within_2_s(
-    tmp_path: Path, tiny_model: Path, runs: list[Run]
+    tiny_model: Path, start_run: StartRun
 ) -> None:
-    run = Run(tmp_path, "--model", str(tiny_model))
-    runs.append(run)
+    run = start_run("--model", str(tiny_model))
     wait_until(run.ready, READY_S, "the provider")
     children = run.providers()
     run.proc.kill()
@@ -185,10 +188,9 @@ def test_kill_9_of_run_takes_its_provider_down_within_2_s(
 
 
 def test_a_provider_that_stops_answering_health_is_replaced(
-    tmp_path: Path, tiny_model: Path, runs: list[Run]
+    tiny_model: Path, start_run: StartRun
 ) -> None:
-    run = Run(tmp_path, "--model", str(tiny_model))
-    runs.append(run)
+    run = start_run("--model", str(tiny_model))
     wait_until(lambda: "provider ready" in run.log(), READY_S, "the keeper to see it ready")
     (frozen,) = run.providers()
     frozen.suspend()  # alive, port open, but silent: only /health can tell
@@ -200,13 +202,12 @@ def test_a_provider_that_stops_answering_health_is_replaced(
 
 
 def test_a_busy_port_is_retried_with_backoff_until_it_frees(
-    tmp_path: Path, tiny_model: Path, runs: list[Run]
+    tiny_model: Path, start_run: StartRun
 ) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))  # taken before `run` starts: no race
         squatter.listen()
-        run = Run(tmp_path, "--model", str(tiny_model), port=squatter.getsockname()[1])
-        runs.append(run)
+        run = start_run("--model", str(tiny_model), port=squatter.getsockname()[1])
         wait_until(lambda: "could not start" in run.log(), 20, "the busy port to be seen")
         assert run.providers() == [] and run.proc.poll() is None
     wait_until(run.ready, READY_S, "the provider once the port is free")
