@@ -131,13 +131,17 @@ def parse_max_batch_axis(text: str = DEFAULT_MAX_BATCH_AXIS) -> tuple[int, ...]:
     )
 
 
-def parse_max_context_axis(text: str | None, target_context: int) -> tuple[int, ...]:
+def parse_max_context_axis(
+    text: str | None, target_context: int, answer_tokens: int = 0
+) -> tuple[int, ...]:
     """`--max-context-axis`: absolute caps, each ≥ `target_context`, sorted ascending.
 
-    Absent (None) means just the target context.
+    Absent (None) means one cap that holds the target prompt and its answer:
+    `target_context + answer_tokens`. (A provider's context holds the prompt and every
+    generated token, so a cap of exactly the target leaves room for a one-token answer.)
     """
     if text is None:
-        return (target_context,)
+        return (target_context + answer_tokens,)
 
     def cell_value(index: int, cell: str) -> int:
         value = _parse_int(MAX_CONTEXT_AXIS_FLAG, index, cell, minimum=1)
@@ -198,3 +202,42 @@ def resolve_candidates(
             f"{bounds}: no default candidate is within the bounds (default sizes: {sizes})"
         )
     return Candidates(models, ())
+
+
+DEFAULT_TARGET_CONTEXT = 2000
+DEFAULT_STAGE1_REPLICATES = 1
+DEFAULT_STAGE2_REPLICATES = 3
+DEFAULT_GATE_TTFT_MS = 60000.0
+DEFAULT_TPS_TIE_EPSILON = 0.02
+DEFAULT_MAX_DURATION_S = 7200.0
+DEFAULT_PORT = 18080
+# The Python prototype's value: we measure serving at the target context, not long generation.
+DEFAULT_PROBE_MAX_TOKENS = 48
+DEFAULT_READY_TIMEOUT_S = 150.0
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """Everything a run needs, parsed and checked: the tuner takes no other input."""
+
+    candidates: tuple[str, ...]
+    target_context: int = DEFAULT_TARGET_CONTEXT
+    kv_bits_axis: tuple[int | None, ...] = (None, 4, 8)
+    max_batch_axis: tuple[int, ...] = (1, 2)
+    max_context_axis: tuple[int, ...] = (DEFAULT_TARGET_CONTEXT + DEFAULT_PROBE_MAX_TOKENS,)
+    stage1_replicates: int = DEFAULT_STAGE1_REPLICATES
+    stage2_replicates: int = DEFAULT_STAGE2_REPLICATES
+    gate_ttft_ms: float = DEFAULT_GATE_TTFT_MS
+    tps_tie_epsilon: float = DEFAULT_TPS_TIE_EPSILON
+    max_duration_s: float = DEFAULT_MAX_DURATION_S
+    port: int = DEFAULT_PORT
+    probe_max_tokens: int = DEFAULT_PROBE_MAX_TOKENS
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    provider_memory_limit_gb: float | None = None
+
+    def stage1_context(self) -> int:
+        """Stage 1's context cap: the target prompt and its answer, so a memory budget is
+        judged at the context the operator asked for."""
+        return self.target_context + self.probe_max_tokens

@@ -11,11 +11,13 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Knobs:
-    """The three serving knobs; None leaves the provider's own default (the flag is omitted)."""
+    """The three serving knobs, and the provider's memory cap (`serve --memory-limit-gb`);
+    None leaves the provider's own default (the flag is omitted)."""
 
     kv_bits: int | None = None
     max_context: int | None = None
     max_batch: int | None = None
+    memory_limit_gb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,3 +70,42 @@ class RunOutcome:
 
     reason: str
     failure: str | None = None
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One measured replicate: the same prompt on `concurrency` concurrent streams (DESIGN §5).
+
+    Requests are streaming chat completions at temperature 0 with a fixed `max_tokens`;
+    `timeout_s` bounds the whole replicate; `stop_texts` are the model's stop tokens as
+    text (e.g. `<|im_end|>`), which must never appear in what the provider streams back.
+    `banned_tokens` are sent as `logit_bias` -100, so that every request generates exactly
+    `max_tokens` (Stage 2 bans the stop tokens: cells then compare equal work).
+    """
+
+    port: int
+    model: str  # the request's `model` field: the id the provider serves
+    prompt: str  # the single user message
+    max_tokens: int
+    concurrency: int
+    timeout_s: float
+    stop_texts: tuple[str, ...]
+    banned_tokens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A provider started, became ready and answered one disposable request.
+
+    `seconds` runs from the start to that answer: load time, which never counts toward TTFT.
+    """
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    """The provider could not be brought up; `reason` is one line for the trial's notes."""
+
+    reason: str
+    exited: bool  # it died during load (out of memory, unloadable weights, …)

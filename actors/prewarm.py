@@ -3,8 +3,8 @@ every failure as transient (the candidate is skipped) or integrity (the whole ru
 
 Pure functions first: `resolve_local` finds the files (it never fetches), `check_integrity`
 checks them, `classify_failure` sorts an error. `prewarm` chains them, fetching only when the
-cache lacks the model, and PrewarmActor runs it on its own thread. Load-time measurement
-(a provider start and one disposable request) is not here yet.
+cache lacks the model, and PrewarmActor runs it on its own thread. The actor also measures
+load time (a provider start and one disposable request, in `warm_load`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import re
 import socket
 import struct
+import threading
 import time
 import urllib.error
 from collections.abc import Callable, Iterator
@@ -37,35 +38,18 @@ from huggingface_hub.errors import (
 from pykka.typing import ActorMemberMixin, proxy_method
 from safetensors import SafetensorError
 
+from macprovider.actors.errors import ProviderNotStarted
+from macprovider.actors.messages import Knobs, Loaded, LoadFailed
+from macprovider.actors.provider import ProviderProxy
+from macprovider.actors.warm_load import load_and_warm
+from macprovider.server.safetensors_dtypes import DTYPE_BITS
+
 FailureClass = Literal["transient", "integrity", "unknown"]
 
 # Files every model needs besides its weights (DESIGN §5: missing ones are integrity failures).
 REQUIRED_FILES = ("config.json", "tokenizer.json")
 # The safetensors reference implementation refuses headers above 100 MB (MAX_HEADER_SIZE).
 MAX_HEADER_BYTES = 100_000_000
-# Bits per element of every dtype the safetensors format (0.8) defines.
-DTYPE_BITS = {
-    "BOOL": 8,
-    "U8": 8,
-    "I8": 8,
-    "F8_E5M2": 8,
-    "F8_E4M3": 8,
-    "F8_E8M0": 8,
-    "F4": 4,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
-    "U16": 16,
-    "I16": 16,
-    "F16": 16,
-    "BF16": 16,
-    "U32": 32,
-    "I32": 32,
-    "F32": 32,
-    "C64": 64,
-    "U64": 64,
-    "I64": 64,
-    "F64": 64,
-}
 _SHA256_NAME = re.compile(r"[0-9a-f]{64}")
 _GIT_SHA1_NAME = re.compile(r"[0-9a-f]{40}")
 _HASH_CHUNK = 1 << 20
@@ -644,26 +628,68 @@ def prewarm(
     return PrewarmOutcome(check_integrity(folder, model_id), fetched, fetch_seconds)
 
 
-class PrewarmActor(pykka.ThreadingActor):
-    """Pre-warms one model at a time on its own thread (DESIGN §3 PrewarmActor)."""
+def local_parameters(model_id: str, cache_dir: Path | None = None) -> int | None:
+    """The parameter count of a model already on this machine, from its safetensors headers;
+    None when it is not local (nothing is fetched) or unreadable."""
+    try:
+        folder = resolve_local(model_id, cache_dir)
+        weights = sorted(folder.glob("*.safetensors"))
+        # Headers only: hashing gigabytes of weights just to rank them is not worth it.
+        return sum(_check_safetensors(model_id, weight) for weight in weights) or None
+    except (PrewarmError, OSError):
+        return None
 
-    def __init__(self, *, cache_dir: Path | None = None, fetch: Fetch = fetch_from_hub) -> None:
+
+class PrewarmActor(pykka.ThreadingActor):
+    """Pre-warms one model at a time on its own thread (DESIGN §3 PrewarmActor), and measures
+    load time through the ProviderActor (the only one that starts providers)."""
+
+    def __init__(
+        self,
+        *,
+        provider: ProviderProxy | None = None,
+        cancel: threading.Event | None = None,
+        cache_dir: Path | None = None,
+        fetch: Fetch = fetch_from_hub,
+    ) -> None:
         super().__init__()
+        self._provider = provider
+        self._cancel = cancel if cancel is not None else threading.Event()
         self._cache_dir = cache_dir
         self._fetch = fetch
 
     def prewarm(self, model_id: str) -> PrewarmOutcome:
         return prewarm(model_id, cache_dir=self._cache_dir, fetch=self._fetch)
 
+    def load(
+        self, model: str, port: int, knobs: Knobs, ready_timeout: float
+    ) -> Loaded | LoadFailed:
+        """Starts `model`'s provider and measures its load (see `warm_load`)."""
+        if self._provider is None:
+            raise ProviderNotStarted("measure load time without a ProviderActor")
+        return load_and_warm(
+            self._provider, model, port, knobs, ready_timeout=ready_timeout, cancel=self._cancel
+        )
+
+    def local_parameters(self, model_id: str) -> int | None:
+        return local_parameters(model_id, self._cache_dir)
+
 
 class PrewarmProxy(ActorMemberMixin, pykka.ActorProxy[PrewarmActor]):
     """The PrewarmActor's methods as mypy sees them through a proxy: each returns a Future."""
 
     prewarm = proxy_method(PrewarmActor.prewarm)
+    load = proxy_method(PrewarmActor.load)
+    local_parameters = proxy_method(PrewarmActor.local_parameters)
 
 
 def start_prewarm_actor(
-    *, cache_dir: Path | None = None, fetch: Fetch = fetch_from_hub
+    *,
+    provider: ProviderProxy | None = None,
+    cancel: threading.Event | None = None,
+    cache_dir: Path | None = None,
+    fetch: Fetch = fetch_from_hub,
 ) -> PrewarmProxy:
     """Starts a PrewarmActor and returns its typed proxy."""
-    return cast(PrewarmProxy, PrewarmActor.start(cache_dir=cache_dir, fetch=fetch).proxy())
+    ref = PrewarmActor.start(provider=provider, cancel=cancel, cache_dir=cache_dir, fetch=fetch)
+    return cast(PrewarmProxy, ref.proxy())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 # Public-domain prose: realistic text for the tokenizer, not one repeated token.
 FABLE = (
@@ -74,3 +75,27 @@ def _top_up(count: Callable[[str], int], content: str, tokens: int, target: int)
     raise ProbePromptError(
         f"cannot reach exactly {target} tokens: stuck at {tokens} with this tokenizer"
     )
+
+
+@dataclass(frozen=True)
+class PromptTokenizer:
+    """What the probe needs from a model's own tokenizer: a templated length and its stops."""
+
+    count: Callable[[str], int]
+    stop_texts: tuple[str, ...]  # the end-of-sequence tokens as text, e.g. `<|im_end|>`
+    stop_ids: tuple[int, ...]
+
+
+def load_prompt_tokenizer(folder: Path) -> PromptTokenizer:
+    """The model's tokenizer and chat template, as mlx-lm (and so the provider) loads them."""
+    from mlx_lm.tokenizer_utils import load  # heavy: only when a trial needs it
+
+    tokenizer = load(folder)
+
+    def count(content: str) -> int:
+        messages = [{"role": "user", "content": content}]
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+    stop_ids = tuple(sorted(tokenizer.eos_token_ids))
+    stops = {tokenizer.convert_ids_to_tokens(token) for token in stop_ids}
+    return PromptTokenizer(count, tuple(sorted(stop for stop in stops if stop)), stop_ids)

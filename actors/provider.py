@@ -95,9 +95,10 @@ def serve_argv(
         ("--kv-bits", knobs.kv_bits),
         ("--max-context", knobs.max_context),
         ("--max-batch", knobs.max_batch),
+        ("--memory-limit-gb", knobs.memory_limit_gb),
     ):
         if value is not None:
-            argv += [flag, str(value)]
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     return tuple(argv)
 
 

@@ -29,8 +29,10 @@ def supervise(
     children: Sequence[ChildSpec],
     groups: ProcessGroups,
     on_reload: Callable[[], None] | None = None,
+    stop_reason: str = "stopped",
 ) -> RunOutcome:
-    """Runs the children under a Supervisor until it reports how the run ended."""
+    """Runs the children under a Supervisor until it reports how the run ended; a first
+    SIGINT/SIGTERM ends it with `stop_reason`."""
     done = threading.Event()
     outcomes: list[RunOutcome] = []
 
@@ -39,7 +41,7 @@ def supervise(
         done.set()
 
     supervisor = start_supervisor(children, finished)
-    previous = _install(supervisor, groups, on_reload)
+    previous = _install(supervisor, groups, on_reload, stop_reason)
     try:
         done.wait()
     finally:
@@ -49,7 +51,10 @@ def supervise(
 
 
 def _install(
-    supervisor: SupervisorProxy, groups: ProcessGroups, on_reload: Callable[[], None] | None
+    supervisor: SupervisorProxy,
+    groups: ProcessGroups,
+    on_reload: Callable[[], None] | None,
+    stop_reason: str,
 ) -> dict[int, signal._HANDLER]:
     stopping = threading.Event()
 
@@ -62,7 +67,7 @@ def _install(
             os._exit(EXIT_SECOND_SIGNAL)
         stopping.set()
         log.info("%s: stopping in order (again to exit at once)", name)
-        supervisor.shutdown("stopped")
+        supervisor.shutdown(stop_reason)
 
     def on_hangup(signum: int, frame: FrameType | None) -> None:
         if on_reload is not None:

@@ -402,6 +402,14 @@ class Store:
                 closing,
             )
 
+    def close_if_open(self, run_id: str, exit_reason: ExitReason, *, ended_at: datetime) -> bool:
+        """Closes the run unless it is closed already (a crash path's backstop); True if it did."""
+        try:
+            self.finish_run(run_id, exit_reason, ended_at=ended_at)
+        except RunAlreadyFinished:
+            return False
+        return True
+
     def runs(self) -> list[StoredRun]:
         """Every run, oldest first."""
         rows = self._conn.execute("SELECT * FROM tune_runs ORDER BY started_at_utc, rowid")
@@ -468,6 +476,9 @@ class StoreActor(pykka.ThreadingActor):
             applied=applied,
         )
 
+    def close_if_open(self, run_id: str, exit_reason: ExitReason, *, ended_at: datetime) -> bool:
+        return self._store.close_if_open(run_id, exit_reason, ended_at=ended_at)
+
     def runs(self) -> list[StoredRun]:
         return self._store.runs()
 
@@ -485,6 +496,7 @@ class StoreProxy(ActorMemberMixin, pykka.ActorProxy[StoreActor]):
     record_trial = proxy_method(StoreActor.record_trial)
     set_kept = proxy_method(StoreActor.set_kept)
     finish_run = proxy_method(StoreActor.finish_run)
+    close_if_open = proxy_method(StoreActor.close_if_open)
     runs = proxy_method(StoreActor.runs)
     trials = proxy_method(StoreActor.trials)
     integrity_ok = proxy_method(StoreActor.integrity_ok)

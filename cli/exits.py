@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from macprovider.actors.autotune_inputs import AutotuneInputError
+from macprovider.actors.exit_reasons import ExitReason
 from macprovider.server.errors import (
     ConfigError,
     EngineDied,
+    MemoryBudgetExceeded,
     ModelLoadError,
     ModelNotFoundError,
     PortUnavailable,
@@ -12,15 +15,17 @@ from macprovider.server.errors import (
 )
 
 EX_USAGE = 64  # a bad flag, environment variable or config value
-EX_DATAERR = 65  # the model's files exist but cannot be loaded
+EX_DATAERR = 65  # the model cannot be loaded here: files refused, or over the memory limit
 EX_NOINPUT = 66  # the model id or path resolves to nothing on this machine
 EX_UNAVAILABLE = 69  # the address to listen on is taken
 EX_SOFTWARE = 70  # anything unexpected (a bug)
 EX_TEMPFAIL = 75  # `run` gave up on a provider in a crash loop
 
 EXIT_CODES: dict[type[Exception], int] = {
+    AutotuneInputError: EX_USAGE,
     ConfigError: EX_USAGE,
     EngineDied: EX_SOFTWARE,
+    MemoryBudgetExceeded: EX_DATAERR,
     ModelLoadError: EX_DATAERR,
     ModelNotFoundError: EX_NOINPUT,
     PortUnavailable: EX_UNAVAILABLE,
@@ -41,3 +46,17 @@ RUN_EXIT_CODES: dict[str, int] = {"stopped": 0, "crash_loop": EX_TEMPFAIL}
 
 def run_exit_code(reason: str) -> int:
     return RUN_EXIT_CODES.get(reason, EX_SOFTWARE)
+
+
+# How an autotune run ended (its exit reason, DESIGN §5) → its exit code. README lists them.
+AUTOTUNE_EXIT_CODES: dict[ExitReason, int] = {
+    ExitReason.OK: 0,
+    ExitReason.NO_FEASIBLE: 2,
+    ExitReason.BUDGET_EXHAUSTED_NO_MODEL_SELECTED: 3,
+    ExitReason.BUDGET_EXHAUSTED_WITH_PARTIAL_RECOMMENDATION: 4,
+    ExitReason.CONFIG_ERROR: EX_USAGE,
+    ExitReason.PRE_WARM_INTEGRITY_FAILURE: EX_DATAERR,
+    ExitReason.PROVIDER_CONFLICT: EX_UNAVAILABLE,
+    ExitReason.INTERNAL_ERROR: EX_SOFTWARE,
+    ExitReason.INTERRUPTED: 130,
+}

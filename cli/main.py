@@ -12,7 +12,29 @@ from typing import Any
 import click
 import psutil
 
-from macprovider.cli.exits import EX_USAGE, exit_code_for, run_exit_code
+from macprovider.actors.autotune_inputs import (
+    DEFAULT_GATE_TTFT_MS,
+    DEFAULT_KV_BITS_AXIS,
+    DEFAULT_MAX_BATCH_AXIS,
+    DEFAULT_MAX_DURATION_S,
+    DEFAULT_PORT,
+    DEFAULT_PROBE_MAX_TOKENS,
+    DEFAULT_READY_TIMEOUT_S,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    DEFAULT_TARGET_CONTEXT,
+    DEFAULT_TPS_TIE_EPSILON,
+    AutotuneInputError,
+)
+from macprovider.actors.exit_reasons import ExitReason
+from macprovider.actors.store import DEFAULT_RETAIN_RUNS
+from macprovider.cli.exits import (
+    AUTOTUNE_EXIT_CODES,
+    EX_SOFTWARE,
+    EX_USAGE,
+    exit_code_for,
+    run_exit_code,
+)
+from macprovider.cli.log_listener import LogListener
 from macprovider.server.config import SERVE_OPTIONS, resolve_serve_config
 from macprovider.server.errors import ServeError
 from macprovider.server.models import resolve_model_path
@@ -53,7 +75,8 @@ def serve(no_join: bool, **knobs: str | None) -> int:
     Each knob resolves flag > environment > YAML config > default. Endpoints:
     /v1/models (200 once loaded), /v1/chat/completions, /v1/completions,
     /health, /metrics. SIGINT/SIGTERM drain in-flight requests and exit 0.
-    Exit codes: 64 bad knob, 65 model unloadable, 66 model not found, 69 port taken.
+    Exit codes: 64 bad knob, 65 model unloadable or over the memory limit, 66 model not
+    found, 69 port taken.
     """
     config = resolve_serve_config(knobs, os.environ, ram_bytes=psutil.virtual_memory().total)
     assert config.model is not None  # require_model=True guarantees it
@@ -95,6 +118,181 @@ def run(state_dir: Path | None, **knobs: str | None) -> int:
     return run_exit_code(outcome.reason)
 
 
+POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
+@cli.command()
+@click.option(
+    "--candidate-models",
+    metavar="CSV",
+    help="Models to try, in this order (HF repo ids or local folders). The order is the "
+    "contract: never re-ranked. [default: the built-in list, largest first]",
+)
+@click.option(
+    "--target-context",
+    type=click.IntRange(min=1),
+    default=DEFAULT_TARGET_CONTEXT,
+    show_default=True,
+    help="Prompt tokens every probe request carries: the context the machine must serve.",
+)
+@click.option(
+    "--max-model-size",
+    type=POSITIVE,
+    metavar="BILLIONS",
+    help="Drop default candidates above this many billion parameters (not an explicit list).",
+)
+@click.option(
+    "--min-model-size",
+    type=POSITIVE,
+    metavar="BILLIONS",
+    help="Drop default candidates below this many billion parameters (not an explicit list).",
+)
+@click.option(
+    "--kv-bits-axis",
+    metavar="CSV",
+    default=DEFAULT_KV_BITS_AXIS,
+    show_default=True,
+    help="Stage 2 KV-cache bits: 4, 8 or unset (unquantized).",
+)
+@click.option(
+    "--max-batch-axis",
+    metavar="CSV",
+    default=DEFAULT_MAX_BATCH_AXIS,
+    show_default=True,
+    help="Stage 2 batch sizes; a cell at b fires b concurrent streams.",
+)
+@click.option(
+    "--max-context-axis",
+    metavar="CSV",
+    help="Stage 2 context caps, each at least --target-context. [default: the target]",
+)
+@click.option("--stage1-replicates", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--stage2-replicates", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--gate-ttft-ms",
+    type=POSITIVE,
+    default=DEFAULT_GATE_TTFT_MS,
+    show_default=True,
+    help="Stage 1: a candidate whose TTFT p95 exceeds this does not fit.",
+)
+@click.option(
+    "--tps-tie-epsilon",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TPS_TIE_EPSILON,
+    show_default=True,
+    help="Stage 2: throughputs within this fraction tie, and the lower TTFT wins.",
+)
+@click.option(
+    "--max-duration",
+    type=POSITIVE,
+    default=DEFAULT_MAX_DURATION_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Budget for the whole run; out of it, the best so far is reported as partial.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="Loopback port of the providers autotune starts.",
+)
+@click.option(
+    "--provider-memory-limit-gb",
+    type=POSITIVE,
+    help="Cap each provider's memory (serve --memory-limit-gb): what fits a smaller machine?",
+)
+@click.option(
+    "--probe-max-tokens",
+    type=click.IntRange(min=1),
+    default=DEFAULT_PROBE_MAX_TOKENS,
+    show_default=True,
+    help="Tokens generated per probe request (temperature 0).",
+)
+@click.option(
+    "--ready-timeout",
+    type=POSITIVE,
+    default=DEFAULT_READY_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a provider may take to load before the trial fails.",
+)
+@click.option(
+    "--request-timeout",
+    type=POSITIVE,
+    default=DEFAULT_REQUEST_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Bound on one replicate (all its streams).",
+)
+@click.option(
+    "--db-path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The trials database. [default: $XDG_CONFIG_HOME/macprovider/autotune.sqlite, "
+    "else ~/.config/macprovider/autotune.sqlite]",
+)
+@click.option(
+    "--retain-runs",
+    type=click.IntRange(min=1),
+    default=DEFAULT_RETAIN_RUNS,
+    show_default=True,
+    help="Runs kept in the database (older ones and their trials are deleted).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where provider logs go. [default: $XDG_STATE_HOME/macprovider]",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan and exit 0; start and write nothing.")
+def autotune(
+    db_path: Path | None,
+    retain_runs: int,
+    state_dir: Path | None,
+    dry_run: bool,
+    **options: Any,
+) -> int:
+    """Find the biggest model that fits this machine, then its best serving knobs.
+
+    Stage 1 tries the candidates in order and stops at the first that serves
+    --target-context tokens within the TTFT gate. Stage 2 measures every cell of
+    the three axes for it and keeps the fastest (ties: lower TTFT). Every trial
+    is recorded in the database as it finishes. Ctrl-C stops cleanly (exit 130).
+
+    Exit codes: 0 recommendation, 2 nothing fits, 3 out of budget in Stage 1,
+    4 out of budget in Stage 2 (partial recommendation), 64 bad flag, 65
+    pre-warm integrity failure, 69 port in use, 70 internal error, 130 interrupted.
+    """
+    from macprovider.cli.autotune import (
+        AutotuneRun,
+        candidate_sizes_b,
+        default_db_path,
+        settings_from_options,
+        tune,
+    )
+    from macprovider.cli.autotune_render import render_plan, render_summary, render_timings
+    from macprovider.cli.run import default_state_dir
+
+    settings, warnings = settings_from_options(options)
+    for warning in warnings:
+        click.echo(f"{PROG}: warning: {warning}", err=True)
+    if dry_run:
+        click.echo(render_plan(settings, candidate_sizes_b(settings)))
+        return 0
+    job = AutotuneRun(
+        settings,
+        db_path or default_db_path(os.environ),
+        retain_runs,
+        state_dir or default_state_dir(os.environ),
+    )
+    outcome, summary, _ = tune(job, LogListener())
+    if summary is None:
+        click.echo(f"{PROG}: error: {outcome.failure or outcome.reason}", err=True)
+        return AUTOTUNE_EXIT_CODES.get(ExitReason(outcome.reason), EX_SOFTWARE)
+    click.echo(render_summary(summary))
+    click.echo(render_timings(summary.timings, summary.wall_s), err=True)
+    return AUTOTUNE_EXIT_CODES[summary.exit_reason]
+
+
 def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {PROG}: %(message)s", stream=sys.stderr
@@ -119,7 +317,7 @@ def _invoke() -> int:
     except click.ClickException as error:
         error.show()
         return EX_USAGE
-    except ServeError as error:
+    except (ServeError, AutotuneInputError) as error:
         click.echo(f"{PROG}: error: {error}", err=True)
         return exit_code_for(error)
     return result if isinstance(result, int) else 0

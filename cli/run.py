@@ -29,7 +29,7 @@ def load_target(knobs: Mapping[str, str | None]) -> Target:
     config = resolve_serve_config(knobs, os.environ, ram_bytes=psutil.virtual_memory().total)
     assert config.model is not None  # require_model=True guarantees it
     resolve_model_path(config.model)
-    knobs_ = Knobs(config.kv_bits, config.max_context, config.max_batch)
+    knobs_ = Knobs(config.kv_bits, config.max_context, config.max_batch, config.memory_limit_gb)
     return Target(config.model, config.port, knobs_, config.config_path)
 
 

@@ -13,6 +13,9 @@ CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # mlx_lm.server's default; OpenAI's "until the context is full" is a poor default on a CPU.
 DEFAULT_MAX_TOKENS = 512
 MAX_STOP_STRINGS = 4
+# OpenAI's bounds for `logit_bias`: -100 bans a token, 100 all but forces it.
+LOGIT_BIAS_LIMIT = 100.0
+MAX_LOGIT_BIAS_ENTRIES = 300
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class GenerationParams:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ def _parse_params(body: dict[str, Any], max_tokens: Any, max_context: int) -> Ge
         stop=_stop(body.get("stop")),
         stream=stream,
         include_usage=_typed(options, "include_usage", bool, False),
+        logit_bias=_logit_bias(body.get("logit_bias")),
     )
 
 
@@ -177,6 +182,33 @@ def _stop(value: Any) -> tuple[str, ...]:
             param="stop",
         )
     return tuple(s for s in stops if s)
+
+
+def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """`{"<token id>": bias}` with bias in [-100, 100], as OpenAI defines it. (The ids are
+    checked against the vocabulary once the tokenizer is at hand.)"""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > MAX_LOGIT_BIAS_ENTRIES:
+        raise BadRequest(
+            f"'logit_bias' must be an object of at most {MAX_LOGIT_BIAS_ENTRIES} entries "
+            '{"<token id>": <bias>}',
+            param="logit_bias",
+        )
+    entries = []
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+            raise BadRequest(
+                f"'logit_bias' keys must be token ids; got {key!r}", param="logit_bias"
+            )
+        number = isinstance(bias, int | float) and not isinstance(bias, bool)
+        if not (number and math.isfinite(bias) and abs(bias) <= LOGIT_BIAS_LIMIT):
+            raise BadRequest(
+                f"'logit_bias' values must be numbers in [-100, 100]; got {bias!r} for {key}",
+                param="logit_bias",
+            )
+        entries.append((int(key), float(bias)))
+    return tuple(sorted(entries))
 
 
 def _typed(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:

@@ -12,6 +12,7 @@ same one-line `ConfigError`.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_CONTEXT",
     "MAX_QUEUE",
+    "MEMORY_LIMIT_GB",
     "MODEL",
     "PORT",
     "SERVE_OPTIONS",
@@ -48,6 +50,9 @@ T = TypeVar("T")
 V = TypeVar("V")
 
 GIB = 1 << 30
+# The memory limit's unit: SI, so a limit in GB reads as bytes by moving the decimal point.
+# RAM comes in GiB: a "16 GB" Mac has 16 GiB, 17.18 GB.
+GB = 1_000_000_000
 
 # (RAM up to and including, served context): tiers of DESIGN §4. A "16 GB" Mac reports exactly
 # 16 GiB, so the bounds are inclusive.
@@ -152,6 +157,38 @@ def _kv_bits_from_yaml(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value in (4, 8):
         return value
     raise _Invalid(_KV_BITS_RULE)
+
+
+_MEMORY_LIMIT_RULE = (
+    f"must be a positive number of GB (1 GB = 10^9 bytes), e.g. 0.5 or 16, or {_UNSET_TOKEN} "
+    "for no limit"
+)
+
+
+def _gb_from_text(raw: str) -> float | None:
+    token = raw.strip()
+    if token.lower() == _UNSET_TOKEN:
+        return None
+    # float() alone would also take "nan", "1e3", "1_0" and non-ASCII digits.
+    if not re.fullmatch(r"\+?(?:[0-9]+\.?[0-9]*|\.[0-9]+)", token):
+        raise _Invalid(_MEMORY_LIMIT_RULE)
+    return _positive_gb(float(token))
+
+
+def _gb_from_yaml(value: object) -> float | None:
+    if isinstance(value, str) and value.strip().lower() == _UNSET_TOKEN:
+        return None
+    # bool is a subclass of int: `memory_limit_gb: true` must not read as 1 GB.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(f"{_MEMORY_LIMIT_RULE}, not {_kind(value)}")
+    return _positive_gb(float(value))
+
+
+def _positive_gb(gb: float) -> float:
+    # YAML's .nan and .inf are floats; a digit string too long for a float reads as inf.
+    if not (math.isfinite(gb) and gb > 0):
+        raise _Invalid(_MEMORY_LIMIT_RULE)
+    return gb
 
 
 def _text_from_text(raw: str) -> str:
@@ -259,6 +296,19 @@ MAX_QUEUE: KnobSpec[int] = KnobSpec(
     from_yaml=_IntRange(0).from_yaml,
     default=_const(DEFAULT_MAX_QUEUE),
 )
+MEMORY_LIMIT_GB: KnobSpec[float | None] = KnobSpec(
+    name="memory_limit_gb",
+    flag="--memory-limit-gb",
+    env="MACPROVIDER_MEMORY_LIMIT_GB",
+    help="Memory the provider may use, in GB of 10^9 bytes (a '16 GB' Mac has 16 GiB = 17.18 GB): "
+    "it refuses to start (exit 65) if the weights plus a KV cache filled to the max context for "
+    f"every batch slot need more; {_UNSET_TOKEN} removes the limit.",
+    default_help=f"{_UNSET_TOKEN} (no limit)",
+    yaml_key="memory_limit_gb",
+    from_text=_gb_from_text,
+    from_yaml=_gb_from_yaml,
+    default=_const(None),
+)
 PORT: KnobSpec[int] = KnobSpec(
     name="port",
     flag="--port",
@@ -308,6 +358,7 @@ KNOBS: tuple[KnobSpec[Any], ...] = (
     MAX_CONTEXT,
     MAX_BATCH,
     MAX_QUEUE,
+    MEMORY_LIMIT_GB,
     PORT,
     HOST,
     API_KEY,
@@ -332,6 +383,7 @@ class ServeConfig:
     max_context: int
     max_batch: int
     max_queue: int
+    memory_limit_gb: float | None  # None: no limit
     port: int
     host: str
     api_key: str | None = field(repr=False)  # kept out of logs that print the config
@@ -488,6 +540,7 @@ def resolve_serve_config(
         max_context=layers.get(MAX_CONTEXT),
         max_batch=layers.get(MAX_BATCH),
         max_queue=layers.get(MAX_QUEUE),
+        memory_limit_gb=layers.get(MEMORY_LIMIT_GB),
         port=layers.get(PORT),
         host=layers.get(HOST),
         api_key=layers.get(API_KEY),

@@ -23,7 +23,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.sample_utils import apply_top_p
+from mlx_lm.sample_utils import apply_top_p, make_logits_processors
 from mlx_lm.utils import load
 
 from macprovider.server.batch_cache import GROUP_SIZE, MergeableQuantizedKVCache
@@ -43,6 +43,7 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,7 @@ class Engine:
                 max_tokens=[job.max_tokens],
                 caches=caches,
                 samplers=[make_sampler(job.sampling)],
+                logits_processors=[make_logits_processors(dict(job.sampling.logit_bias))],
             )
             self._active[uid] = _Slot(job, self.tokenizer.detokenizer, StopStringFilter(job.stop))
             self._metrics.prompt_tokens.inc(len(job.prompt_tokens))

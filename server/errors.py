@@ -25,6 +25,10 @@ class ModelLoadError(ServeError):
     """The weights are present but the loader refused them."""
 
 
+class MemoryBudgetExceeded(ServeError):
+    """Serving the model at these knobs would need more memory than `--memory-limit-gb`."""
+
+
 class EngineDied(ServeError):
     """The engine thread ended while the server was meant to be serving."""
 

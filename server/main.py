@@ -17,6 +17,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from macprovider.server.app import create_app
 from macprovider.server.config import ServeConfig
 from macprovider.server.errors import PortUnavailable
+from macprovider.server.memory_budget import check_memory_budget
 from macprovider.server.metrics import Metrics
 from macprovider.server.parent_guard import arm_death_signal, wait_for_parent_exit
 from macprovider.server.provider import Provider
@@ -52,6 +53,7 @@ def check_port_free(host: str, port: int) -> None:
 def run(config: ServeConfig, model_path: Path, *, parent: int | None = None) -> int:
     """Serves until a signal or the end of the `parent` pipe (exit code 0; a second
     signal exits 130 at once), or a failure (raised)."""
+    check_memory_budget(config, model_path)
     check_port_free(config.host, config.port)
     if parent is not None:
         arm_death_signal()

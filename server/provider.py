@@ -100,7 +100,9 @@ class Provider:
             job_id=self._next_job,
             prompt_tokens=prompt,
             max_tokens=min(params.max_tokens or DEFAULT_MAX_TOKENS, room),
-            sampling=SamplingParams(params.temperature, params.top_p, params.seed),
+            sampling=SamplingParams(
+                params.temperature, params.top_p, params.seed, params.logit_bias
+            ),
             stop=params.stop,
         )
         self._next_job += 1

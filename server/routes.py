@@ -198,6 +198,15 @@ def completion_encoder(provider: Provider, req: api.CompletionRequest) -> Callab
     return encode
 
 
+def check_logit_bias(params: api.GenerationParams, vocab: int) -> None:
+    too_big = [token for token, _ in params.logit_bias if token >= vocab]
+    if too_big:
+        raise BadRequest(
+            f"'logit_bias' token id {too_big[0]} is not below the vocabulary size {vocab}",
+            param="logit_bias",
+        )
+
+
 async def generate(
     provider: Provider, shape: Shape, params: api.GenerationParams, encoder: Callable[[], list[int]]
 ) -> Response:
@@ -217,6 +226,8 @@ async def generate(
         )
     if not prompt:
         raise BadRequest("the prompt encodes to no tokens", param=shape.prompt_param)
+    tokenizer: Any = provider.tokenizer
+    check_logit_bias(params, len(tokenizer))
     generation = provider.admit(prompt, params)
     reply = Reply(
         shape, f"{shape.id_prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), provider.served_id

@@ -99,7 +99,7 @@ def test_max_batch_axis_rejects_bad_cells(text: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("text", "target", "expected"),
     [
-        (None, 2000, (2000,)),  # absent: just the target context
+        (None, 2000, (2000,)),  # absent: the target context and no answer room
         ("2000", 2000, (2000,)),  # a cap equal to the target is allowed
         ("8192,4096,2000", 2000, (2000, 4096, 8192)),  # sorted ascending
         (" 4096 , 3000", 2000, (3000, 4096)),
@@ -109,6 +109,11 @@ def test_max_context_axis_parses_sorted(
     text: str | None, target: int, expected: tuple[int, ...]
 ) -> None:
     assert parse_max_context_axis(text, target) == expected
+
+
+def test_max_context_axis_default_leaves_room_for_the_answer() -> None:
+    assert parse_max_context_axis(None, 2000, 48) == (2048,)
+    assert parse_max_context_axis("2000", 2000, 48) == (2000,)  # an explicit cap is as given
 
 
 @pytest.mark.parametrize(

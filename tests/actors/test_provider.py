@@ -67,6 +67,7 @@ BASE = ("serve", "--no-join", "--port", "8080", "--model", "m")
         (Knobs(kv_bits=4), ("--kv-bits", "4")),
         (Knobs(max_context=4096), ("--max-context", "4096")),
         (Knobs(max_batch=2), ("--max-batch", "2")),
+        (Knobs(memory_limit_gb=0.08), ("--memory-limit-gb", "0.08")),
         (
             Knobs(kv_bits=8, max_context=2048, max_batch=1),
             ("--kv-bits", "8", "--max-context", "2048", "--max-batch", "1"),

@@ -92,6 +92,7 @@ OPERATOR_NAMES = [
         "max_concurrency_override",
     ),
     ("max_queue", "--max-queue", "MACPROVIDER_MAX_QUEUE", "max_queue"),
+    ("memory_limit_gb", "--memory-limit-gb", "MACPROVIDER_MEMORY_LIMIT_GB", "memory_limit_gb"),
     ("port", "--port", "MACPROVIDER_PORT", "port"),
     ("host", "--host", "MACPROVIDER_HOST", "host"),
     ("api_key", "--api-key", "MACPROVIDER_API_KEY", "api_key"),
@@ -121,6 +122,7 @@ PRECEDENCE: dict[
     "max_context": (("1000", 1000), ("2000", 2000), (3000, 3000), 50_000),
     "max_batch": (("2", 2), ("3", 3), (4, 4), 1),
     "max_queue": (("0", 0), ("5", 5), (6, 6), 64),
+    "memory_limit_gb": (("0.05", 0.05), ("16", 16.0), (2.5, 2.5), None),
     "port": (("1", 1), ("65535", 65535), (8080, 8080), 18080),
     "host": (("127.0.0.2", "127.0.0.2"), ("::1", "::1"), ("localhost", "localhost"), "127.0.0.1"),
     "api_key": (("k-cli", "k-cli"), ("k-env", "k-env"), ("k-yaml", "k-yaml"), None),
@@ -177,6 +179,38 @@ def test_unset_kv_bits_from_any_source_means_unquantized(
     config = resolve(tmp_path, **{**below, **layer})  # type: ignore[arg-type]
     assert config.kv_bits is None
     assert config.sources["kv_bits"] == expected_source.format(path=config_file(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("layer", "limit"),
+    [
+        ({"cli": {"memory_limit_gb": "0.05"}}, 0.05),
+        ({"cli": {"memory_limit_gb": ".5"}}, 0.5),
+        ({"cli": {"memory_limit_gb": "2."}}, 2.0),
+        ({"cli": {"memory_limit_gb": "+1"}}, 1.0),
+        ({"env": {"MACPROVIDER_MEMORY_LIMIT_GB": " 16 "}}, 16.0),
+        ({"document": {"memory_limit_gb": 16}}, 16.0),
+        ({"document": {"memory_limit_gb": 0.05}}, 0.05),
+        ({"cli": {"memory_limit_gb": "unset"}}, None),
+        ({"env": {"MACPROVIDER_MEMORY_LIMIT_GB": "UNSET"}}, None),
+        ({"document": {"memory_limit_gb": "unset"}}, None),
+    ],
+)
+def test_memory_limit_reads_decimal_gb_or_unset(
+    tmp_path: Path, layer: dict[str, object], limit: float | None
+) -> None:
+    # YAML 8 sits below the CLI and env layers tried, so their value must override it.
+    below = {} if "document" in layer else {"document": {"memory_limit_gb": 8}}
+    config = resolve(tmp_path, **{**below, **layer})  # type: ignore[arg-type]
+    assert config.memory_limit_gb == limit
+
+
+def test_memory_limit_too_large_for_a_float_is_invalid(tmp_path: Path) -> None:
+    message = config_error(tmp_path, cli={"memory_limit_gb": "9" * 400})
+    assert message.startswith("invalid memory_limit_gb '999")
+    assert message.endswith(
+        "must be a positive number of GB (1 GB = 10^9 bytes), e.g. 0.5 or 16, or unset for no limit"
+    )
 
 
 def test_yaml_null_of_an_ordinary_knob_reads_as_not_set(tmp_path: Path) -> None:
@@ -248,6 +282,15 @@ BAD_TEXT = [
     ("max_queue", "abc"),
     ("max_queue", "1.5"),
     ("max_queue", ""),
+    ("memory_limit_gb", "0"),
+    ("memory_limit_gb", "0.0"),
+    ("memory_limit_gb", "-1"),
+    ("memory_limit_gb", "abc"),
+    ("memory_limit_gb", "nan"),
+    ("memory_limit_gb", "inf"),
+    ("memory_limit_gb", "1e3"),
+    ("memory_limit_gb", "1_000"),
+    ("memory_limit_gb", ""),
     ("port", "0"),
     ("port", "65536"),
     ("port", "-80"),
@@ -302,6 +345,12 @@ BAD_YAML = [
     ("max_concurrency_override", [2]),
     ("max_queue", -1),
     ("max_queue", False),
+    ("memory_limit_gb", 0),
+    ("memory_limit_gb", -0.5),
+    ("memory_limit_gb", float("nan")),
+    ("memory_limit_gb", float("inf")),
+    ("memory_limit_gb", True),
+    ("memory_limit_gb", "16"),
     ("port", [1]),
     ("port", 0),
     ("port", 65536),

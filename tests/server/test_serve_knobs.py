@@ -51,6 +51,9 @@ INVALID_KNOBS = [
     ("--max-batch", "MACPROVIDER_MAX_CONCURRENCY_OVERRIDE", "max_concurrency_override", "0"),
     ("--max-batch", "MACPROVIDER_MAX_CONCURRENCY_OVERRIDE", "max_concurrency_override", "two"),
     ("--port", "MACPROVIDER_PORT", "port", "70000"),
+    ("--memory-limit-gb", "MACPROVIDER_MEMORY_LIMIT_GB", "memory_limit_gb", "0"),
+    ("--memory-limit-gb", "MACPROVIDER_MEMORY_LIMIT_GB", "memory_limit_gb", "-1"),
+    ("--memory-limit-gb", "MACPROVIDER_MEMORY_LIMIT_GB", "memory_limit_gb", "nan"),
 ]
 
 

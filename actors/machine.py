@@ -1,0 +1,66 @@
+"""This machine as a run records it (DESIGN §5 `machine`): RAM, chip, OS, our version."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import psutil
+
+SPEC_VERSION = "0.3"  # SPEC-013 v0.3, the autotune contract DESIGN §5 restates
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class Machine:
+    ram_gb: float
+    chip: str
+    os_version: str
+    binary_version: str
+
+
+def describe_machine() -> Machine:
+    return Machine(
+        ram_gb=round(psutil.virtual_memory().total / GB, 1),
+        chip=_chip(),
+        os_version=platform.platform(),
+        binary_version=_binary_version(),
+    )
+
+
+def _binary_version() -> str:
+    try:
+        return version("macprovider")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def _chip() -> str:
+    if platform.system() == "Darwin":
+        try:
+            brand = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            brand = ""
+        return brand or platform.machine()
+    return _cpuinfo_model() or platform.processor() or platform.machine()
+
+
+def _cpuinfo_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "Hardware"):
+            return value.strip()
+    return ""

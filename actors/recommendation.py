@@ -1,0 +1,115 @@
+"""What a finished autotune run tells the operator (DESIGN §5): the recommendation, the name-only
+alternates, and the all-infeasible report. Pure functions over what the tuner measured.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from macprovider.actors.tuning import Cell, CellResult, size_order
+
+SERVE_PROGRAM = "macprovider-supervise serve"
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The winning Stage 2 cell for the chosen model; `partial` when the run ended early."""
+
+    model: str
+    target_context: int
+    cell: Cell
+    tps_median: float
+    ttft_p95_ms: float
+    replicates: int
+    partial: bool
+
+    def knobs(self) -> dict[str, int | None]:
+        """The knobs under their YAML names (DESIGN §4): what `--apply` writes."""
+        return {
+            "kv_bits": self.cell.kv_bits,
+            "max_concurrency_override": self.cell.max_batch,
+            "max_context_override": self.cell.max_context,
+        }
+
+    def serve_command(self) -> str:
+        return serve_command(self.model, self.cell)
+
+    def as_json(self) -> dict[str, Any]:
+        """The `recommendation` object of DESIGN §5's frozen schema."""
+        return {
+            "model": self.model,
+            "target_context": self.target_context,
+            "knobs": self.knobs(),
+            "tps_median": self.tps_median,
+            "ttft_p95_ms": self.ttft_p95_ms,
+            "replicates": self.replicates,
+            "serve_command": self.serve_command(),
+        }
+
+
+@dataclass(frozen=True)
+class Infeasible:
+    """A Stage 1 candidate that did not fit: `rank` is its 1-based place in the input list."""
+
+    model: str
+    rank: int
+    reason: str
+
+
+def serve_command(model: str, cell: Cell) -> str:
+    """The copy-pasteable serve command; `--kv-bits` is omitted for an unquantized cache."""
+    args = ["--model", model]
+    if cell.kv_bits is not None:
+        args += ["--kv-bits", str(cell.kv_bits)]
+    args += ["--max-batch", str(cell.max_batch), "--max-context", str(cell.max_context)]
+    return f"{SERVE_PROGRAM} {shlex.join(args)}"
+
+
+def recommend(
+    model: str, target_context: int, best: tuple[Cell, CellResult] | None, *, partial: bool
+) -> Recommendation | None:
+    """The recommendation for the kept cell, if there is one with figures."""
+    if best is None:
+        return None
+    cell, result = best
+    if result.tps_median is None or result.ttft_p95_ms is None:
+        return None
+    return Recommendation(
+        model,
+        target_context,
+        cell,
+        result.tps_median,
+        result.ttft_p95_ms,
+        result.replicates,
+        partial,
+    )
+
+
+def alternates(
+    candidates: Sequence[str], chosen: str, sizes: Mapping[str, float]
+) -> tuple[str, ...]:
+    """Smaller candidates that were never probed, by name only, in input order.
+
+    Stage 1 stops at `chosen`, so these come after it in the list. With both sizes known a
+    candidate must be strictly smaller; with either unknown, the list order (largest first by
+    convention) is trusted. Empty when `chosen` is the smallest.
+    """
+    after = candidates[candidates.index(chosen) + 1 :]
+    chosen_size = sizes.get(chosen)
+
+    def smaller(model: str) -> bool:
+        size = sizes.get(model)
+        return size is None or chosen_size is None or size < chosen_size
+
+    return tuple(model for model in after if smaller(model))
+
+
+def infeasible_report(
+    rows: Sequence[Infeasible], sizes: Mapping[str, float]
+) -> tuple[Infeasible, ...]:
+    """The all-infeasible report's order: the smallest candidate first, then larger ones."""
+    by_model = {row.model: row for row in rows}
+    return tuple(by_model[model] for model in size_order([row.model for row in rows], sizes))

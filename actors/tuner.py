@@ -1,0 +1,524 @@
+"""The TunerActor (DESIGN §3, §5): Stage 1 (the biggest candidate that fits, in the operator's
+order, stopping at the first feasible one), then Stage 2 (the knob cells of that model).
+
+The logic lives in `Tuner`, a plain object; the actor only runs it on its thread and reports
+how it ended. The Tuner owns no process, socket or file: it asks the PrewarmActor (weights,
+load), the ProviderActor (health, stop), the ProbeActor (measured replicates) and the
+StoreActor (every trial, as it finishes), and decides with the pure functions of `tuning` and
+`recommendation`. A Ctrl-C sets the shared `cancel` event: the step in flight returns early,
+its trial is recorded as interrupted, the provider is stopped and the run row is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar, cast
+
+import pykka
+
+from macprovider.actors.autotune_inputs import TuneSettings, default_sizes_b
+from macprovider.actors.exit_reasons import ExitReason
+from macprovider.actors.messages import Knobs, Loaded, LoadFailed, ProbeSpec
+from macprovider.actors.prewarm import (
+    PrewarmError,
+    PrewarmIntegrityError,
+    PrewarmProxy,
+    PrewarmTransientError,
+)
+from macprovider.actors.probe import ProbeProxy
+from macprovider.actors.probe_prompt import ProbePrompt, build_probe_prompt, load_prompt_tokenizer
+from macprovider.actors.provider import ProviderProxy, port_is_free
+from macprovider.actors.recommendation import (
+    Infeasible,
+    Recommendation,
+    alternates,
+    infeasible_report,
+    recommend,
+)
+from macprovider.actors.store import KvBits, RunStart, Stage, StoreProxy, TrialRecord
+from macprovider.actors.supervisor import SupervisorProxy
+from macprovider.actors.tuning import (
+    Budget,
+    Cell,
+    CellResult,
+    Replicate,
+    aggregate,
+    budget_exit_reason,
+    keeps_best,
+    stage2_cells,
+)
+from macprovider.actors.warm_load import INTERRUPTED
+
+log = logging.getLogger("macprovider.autotune")
+
+STOP_GRACE_S: Final = 10.0
+# Added to a call's own bound when waiting on another actor's future: a wedged actor becomes
+# an error instead of a hang.
+CALL_MARGIN_S: Final = 60.0
+# A first download of a big model can take hours; Ctrl-C still ends the run (the provider
+# and the DB are safe), the fetch thread just is not waited for.
+PREWARM_TIMEOUT_S: Final = 24 * 3600.0
+BILLION: Final = 1e9
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where a trial's (or a run's) wall time went, in seconds."""
+
+    prewarm_s: float = 0.0
+    load_s: float = 0.0
+    measure_s: float = 0.0
+    stop_s: float = 0.0
+
+    def __add__(self, other: Timings) -> Timings:
+        return Timings(
+            self.prewarm_s + other.prewarm_s,
+            self.load_s + other.load_s,
+            self.measure_s + other.measure_s,
+            self.stop_s + other.stop_s,
+        )
+
+    def total(self) -> float:
+        return self.prewarm_s + self.load_s + self.measure_s + self.stop_s
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    """A finished trial, as listeners hear of it."""
+
+    stage: int
+    index: int  # 1-based, within its stage
+    total: int
+    model: str
+    knobs: Knobs
+    result: CellResult
+    notes: str | None
+    timings: Timings
+
+
+class TuneListener:
+    """Hears what the tuner does (progress display, `-v` log); by default nothing."""
+
+    def stage_started(self, stage: int, total: int) -> None:
+        pass
+
+    def trial_started(self, stage: int, index: int, total: int, model: str, knobs: Knobs) -> None:
+        pass
+
+    def trial_finished(self, event: TrialEvent) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class TuneSummary:
+    """How a run ended and what it found; also in the DB (`tune_runs`, `tune_trials`)."""
+
+    run_id: str
+    exit_reason: ExitReason
+    detail: str | None  # one line, when the run ended on a problem
+    recommendation: Recommendation | None
+    alternates: tuple[str, ...]
+    infeasible: tuple[Infeasible, ...]  # smallest candidate first
+    timings: Timings
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class Peers:
+    """The actors a Tuner asks."""
+
+    store: StoreProxy
+    prewarm: PrewarmProxy
+    provider: ProviderProxy
+    probe: ProbeProxy
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A candidate ready to measure: local, with its probe prompt and stop texts."""
+
+    model: str
+    prompt: ProbePrompt
+    stop_texts: tuple[str, ...]
+    stop_ids: tuple[int, ...]
+
+
+class _Stop(Exception):
+    def __init__(self, reason: ExitReason, detail: str | None = None) -> None:
+        super().__init__(detail or reason.value)
+        self.reason = reason
+        self.detail = detail
+
+
+def _unmeasured(reason: str) -> CellResult:
+    return CellResult(None, None, replicates=0, failed=1, feasible=False, reason=reason)
+
+
+def _failed_replicate(reason: str) -> Replicate:
+    return Replicate(False, 0, 0.0, (), reason, False)
+
+
+class Tuner:
+    def __init__(
+        self,
+        settings: TuneSettings,
+        run: RunStart,
+        peers: Peers,
+        cancel: threading.Event,
+        listener: TuneListener | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._run = run
+        self._peers = peers
+        self._cancel = cancel
+        self._listener = listener or TuneListener()
+        self._clock = clock
+        self._budget = Budget(settings.max_duration_s, clock())
+        self._sizes: dict[str, float] = default_sizes_b()
+        self._infeasible: list[Infeasible] = []
+        self._chosen: _Prepared | None = None
+        self._best: tuple[Cell, CellResult] | None = None
+        self._time = Timings()
+        self._stage: Stage = 1
+        self._model = "-"
+
+    def run(self) -> TuneSummary:
+        """Tunes, records every trial and closes the run row; returns how it ended."""
+        started = self._clock()
+        self._budget = Budget(self._settings.max_duration_s, started)
+        self._call(self._peers.store.begin_run(self._run), 0)
+        try:
+            reason, detail = self._tune(), None
+        except _Stop as stop:
+            reason, detail = stop.reason, stop.detail
+        return self._finish(reason, detail, self._clock() - started)
+
+    def record_crash(self, trace: str) -> None:
+        """Best effort after an unexpected error: the traceback in a trial row, the run closed."""
+        with contextlib.suppress(Exception):
+            self._record(self._stage, self._model, Knobs(), _unmeasured("internal error"), trace)
+        with contextlib.suppress(Exception):
+            self._close_run(ExitReason.INTERNAL_ERROR, None)
+
+    # --- stages ---
+
+    def _tune(self) -> ExitReason:
+        port = self._settings.port
+        if not port_is_free(port):
+            raise _Stop(
+                ExitReason.PROVIDER_CONFLICT,
+                f"port-{port}-in-use: something already listens on 127.0.0.1:{port};"
+                " stop it, or tune on another --port",
+            )
+        chosen = self._stage1()
+        if chosen is None:
+            target = self._settings.target_context
+            raise _Stop(ExitReason.NO_FEASIBLE, f"no candidate fits at {target} context tokens")
+        self._chosen = chosen
+        self._stage2(chosen)
+        if self._best is None:
+            raise _Stop(ExitReason.NO_FEASIBLE, f"no Stage 2 cell of {chosen.model} was feasible")
+        return ExitReason.OK
+
+    def _stage1(self) -> _Prepared | None:
+        candidates = self._settings.candidates
+        self._listener.stage_started(1, len(candidates))
+        for rank, model in enumerate(candidates, start=1):
+            self._checkpoint()
+            prepared, result = self._candidate(rank, model)
+            self._stop_if_cancelled()
+            if prepared is not None and result.feasible:
+                return prepared
+            self._infeasible.append(Infeasible(model, rank, result.reason or "infeasible"))
+        return None
+
+    def _candidate(self, rank: int, model: str) -> tuple[_Prepared | None, CellResult]:
+        """Stage 1 for one candidate: pre-warm, then one trial at the default knobs but for the
+        context (`TuneSettings.stage1_context`)."""
+        self._model = model
+        knobs = Knobs(
+            max_context=self._settings.stage1_context(),
+            memory_limit_gb=self._settings.provider_memory_limit_gb,
+        )
+        started = self._clock()
+        prepared = self._prepare(model, knobs)
+        prewarm = Timings(prewarm_s=self._clock() - started)
+        if isinstance(prepared, CellResult):
+            self._time += prewarm
+            self._record(1, model, knobs, prepared, prepared.reason)
+            return None, prepared
+        total = len(self._settings.candidates)
+        replicates = self._settings.stage1_replicates
+        result, _ = self._trial(1, rank, total, prepared, knobs, 1, replicates, prewarm)
+        return prepared, result
+
+    def _prepare(self, model: str, knobs: Knobs) -> _Prepared | CellResult:
+        try:
+            outcome = self._call(self._peers.prewarm.prewarm(model), PREWARM_TIMEOUT_S)
+        except PrewarmIntegrityError as error:
+            self._record(1, model, knobs, _unmeasured(str(error)), str(error))
+            raise _Stop(ExitReason.PRE_WARM_INTEGRITY_FAILURE, str(error)) from error
+        except PrewarmTransientError as error:
+            return _unmeasured(f"pre-warm transient: {error.cause}")
+        except PrewarmError as error:
+            return _unmeasured(f"pre-warm failed: {error}")
+        self._sizes.setdefault(model, outcome.report.parameters / BILLION)
+        try:
+            tokenizer = load_prompt_tokenizer(outcome.report.folder)
+            prompt = build_probe_prompt(tokenizer.count, self._settings.target_context)
+        except Exception as error:  # the tokenizer's loader raises anything
+            return _unmeasured(f"no probe prompt: {type(error).__name__}: {error}")
+        return _Prepared(model, prompt, tokenizer.stop_texts, tokenizer.stop_ids)
+
+    def _stage2(self, chosen: _Prepared) -> None:
+        settings = self._settings
+        self._stage = 2
+        cells = stage2_cells(
+            settings.kv_bits_axis, settings.max_batch_axis, settings.max_context_axis
+        )
+        self._listener.stage_started(2, len(cells))
+        for index, cell in enumerate(cells, start=1):
+            self._checkpoint()
+            knobs = Knobs(
+                cell.kv_bits, cell.max_context, cell.max_batch, settings.provider_memory_limit_gb
+            )
+            replicates = settings.stage2_replicates
+            result, trial_id = self._trial(
+                2, index, len(cells), chosen, knobs, cell.max_batch, replicates, Timings()
+            )
+            self._stop_if_cancelled()
+            best = self._best[1] if self._best is not None else None
+            if keeps_best(result, best, settings.tps_tie_epsilon):
+                self._best = (cell, result)
+                self._call(self._peers.store.set_kept(self._run.run_id, trial_id), 0)
+
+    # --- one trial ---
+
+    def _trial(
+        self,
+        stage: Stage,
+        index: int,
+        total: int,
+        prepared: _Prepared,
+        knobs: Knobs,
+        concurrency: int,
+        replicates: int,
+        before: Timings,
+    ) -> tuple[CellResult, int]:
+        """Load, measure, stop, record: one provider, started and stopped within the trial."""
+        settings = self._settings
+        self._listener.trial_started(stage, index, total, prepared.model, knobs)
+        load_at = self._clock()
+        load = self._call(
+            self._peers.prewarm.load(
+                prepared.model, settings.port, knobs, settings.ready_timeout_s
+            ),
+            settings.ready_timeout_s,
+        )
+        measure_at = self._clock()
+        measured = []
+        if isinstance(load, Loaded):
+            # Stage 1 lets the model stop where it likes (a stop-token leak shows there);
+            # Stage 2 bans the stop tokens so every cell generates the same work.
+            banned = prepared.stop_ids if stage == 2 else ()
+            measured = self._replicates(prepared, concurrency, replicates, banned)
+        stop_at = self._clock()
+        self._call(self._peers.provider.stop_provider(STOP_GRACE_S), STOP_GRACE_S)
+        timings = before + Timings(
+            load_s=measure_at - load_at,
+            measure_s=stop_at - measure_at,
+            stop_s=self._clock() - stop_at,
+        )
+        self._time += timings
+        result = self._result(load, measured, stage)
+        notes = self._notes(load, result)
+        trial_id = self._record(stage, prepared.model, knobs, result, notes, prepared.prompt.tokens)
+        event = TrialEvent(stage, index, total, prepared.model, knobs, result, notes, timings)
+        self._listener.trial_finished(event)
+        return result, trial_id
+
+    def _replicates(
+        self, prepared: _Prepared, concurrency: int, count: int, banned: tuple[int, ...]
+    ) -> list[Replicate]:
+        """Up to `count` replicates; the first failed one ends the cell (it can never win)."""
+        settings = self._settings
+        done: list[Replicate] = []
+        for _ in range(count):
+            timeout = min(settings.request_timeout_s, self._budget.remaining(self._clock()))
+            if self._cancel.is_set() or timeout <= 0:
+                done.append(
+                    _failed_replicate(INTERRUPTED if self._cancel.is_set() else "out of budget")
+                )
+                break
+            spec = ProbeSpec(
+                settings.port,
+                prepared.model,
+                prepared.prompt.content,
+                settings.probe_max_tokens,
+                concurrency,
+                timeout,
+                prepared.stop_texts,
+                banned,
+            )
+            replicate = self._call(self._peers.probe.replicate(spec), timeout)
+            exited = self._call(self._peers.provider.check(), 0)
+            if exited is not None:
+                tail = " | ".join(exited.stderr_tail.splitlines())
+                reason = f"provider exited during measurement (exit {exited.returncode}): {tail}"
+                replicate = replace(replicate, ok=False, reason=reason)
+            done.append(replicate)
+            if not replicate.ok:
+                break
+        return done
+
+    def _result(
+        self, load: Loaded | LoadFailed, measured: list[Replicate], stage: Stage
+    ) -> CellResult:
+        if isinstance(load, LoadFailed):
+            return _unmeasured(load.reason)
+        # Stage 1 is a fit test, with the TTFT gate; Stage 2 ranks what fits.
+        return aggregate(measured, self._settings.gate_ttft_ms if stage == 1 else None)
+
+    @staticmethod
+    def _notes(load: Loaded | LoadFailed, result: CellResult) -> str | None:
+        loaded = f"load {load.seconds:.2f} s" if isinstance(load, Loaded) else None
+        return "; ".join(part for part in (result.reason, loaded) if part) or None
+
+    # --- bookkeeping ---
+
+    def _checkpoint(self) -> None:
+        """Before each trial: stop on Ctrl-C, or when the budget is used up."""
+        self._stop_if_cancelled()
+        if self._budget.exhausted(self._clock()):
+            reason = budget_exit_reason(self._stage, self._best is not None)
+            limit = self._settings.max_duration_s
+            raise _Stop(reason, f"--max-duration {limit:g} s used up in Stage {self._stage}")
+
+    def _stop_if_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise _Stop(ExitReason.INTERRUPTED, f"interrupted in Stage {self._stage}")
+
+    def _record(
+        self,
+        stage: Stage,
+        model: str,
+        knobs: Knobs,
+        result: CellResult,
+        notes: str | None,
+        prompt_tokens: int | None = None,
+    ) -> int:
+        trial = TrialRecord(
+            run_id=self._run.run_id,
+            stage=stage,
+            ts=datetime.now(UTC),
+            model=model,
+            target_context=self._settings.target_context,
+            max_tokens=self._settings.probe_max_tokens,
+            fits=result.feasible,
+            measured_prompt_tokens=prompt_tokens,
+            agg_throughput_tps=result.tps_median,
+            ttft_p95_ms=result.ttft_p95_ms,
+            n_err=result.failed,
+            notes=notes,
+            kv_bits=cast(KvBits | None, knobs.kv_bits),
+            max_context_cap=knobs.max_context,
+            max_batch=knobs.max_batch,
+            replicates_n=result.replicates,
+        )
+        return self._call(self._peers.store.record_trial(trial), 0)
+
+    def _finish(self, reason: ExitReason, detail: str | None, wall_s: float) -> TuneSummary:
+        chosen = self._chosen
+        recommendation = None
+        if chosen is not None:
+            partial = reason is not ExitReason.OK
+            target = self._settings.target_context
+            recommendation = recommend(chosen.model, target, self._best, partial=partial)
+        others: tuple[str, ...] = ()
+        if recommendation is not None and chosen is not None:
+            others = self._alternates(chosen.model)
+        self._close_run(reason, recommendation)
+        return TuneSummary(
+            run_id=self._run.run_id,
+            exit_reason=reason,
+            detail=detail,
+            recommendation=recommendation,
+            alternates=others,
+            infeasible=infeasible_report(self._infeasible, self._sizes),
+            timings=self._time,
+            wall_s=wall_s,
+        )
+
+    def _alternates(self, chosen: str) -> tuple[str, ...]:
+        candidates = self._settings.candidates
+        for model in candidates[candidates.index(chosen) + 1 :]:
+            if model not in self._sizes:
+                parameters = self._call(self._peers.prewarm.local_parameters(model), 0)
+                if parameters is not None:
+                    self._sizes[model] = parameters / BILLION
+        return alternates(candidates, chosen, self._sizes)
+
+    def _close_run(self, reason: ExitReason, recommendation: Recommendation | None) -> None:
+        document = None if recommendation is None else json.dumps(recommendation.as_json())
+        closing = self._peers.store.finish_run(
+            self._run.run_id, reason, ended_at=datetime.now(UTC), recommendation_json=document
+        )
+        self._call(closing, 0)
+
+    @staticmethod
+    def _call(future: pykka.Future[_T], bound_s: float) -> _T:
+        return future.get(timeout=bound_s + CALL_MARGIN_S)
+
+
+_TUNE: Final = "tune"
+
+
+class TunerActor(pykka.ThreadingActor):
+    """Runs one Tuner on its own thread, then asks the Supervisor to end the run."""
+
+    def __init__(
+        self, tuner: Tuner, supervisor: SupervisorProxy, report: Callable[[TuneSummary], None]
+    ) -> None:
+        super().__init__()
+        self._tuner = tuner
+        self._supervisor = supervisor
+        self._report = report
+
+    def on_start(self) -> None:
+        # A told message, not a proxy call: an exception in it reaches on_failure.
+        self.actor_ref.tell(_TUNE)
+
+    def on_receive(self, message: Any) -> None:
+        if message == _TUNE:
+            self._tune()
+
+    def _tune(self) -> None:
+        try:
+            summary = self._tuner.run()
+        except Exception:
+            trace = traceback.format_exc()
+            log.error("the tuner failed:\n%s", trace)
+            self._tuner.record_crash(trace)
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._supervisor.child_failed("tuner", trace.strip().splitlines()[-1])
+            return
+        self._report(summary)
+        with contextlib.suppress(pykka.ActorDeadError):  # a Ctrl-C may have ended it already
+            self._supervisor.shutdown(summary.exit_reason.value)
+
+
+def start_tuner(
+    tuner: Tuner, supervisor: SupervisorProxy, report: Callable[[TuneSummary], None]
+) -> pykka.ActorRef[TunerActor]:
+    return TunerActor.start(tuner, supervisor, report)

@@ -1,0 +1,127 @@
+"""What `autotune` prints: the plan of `--dry-run`, the RECOMMENDATION block or the
+all-infeasible report (stdout, so `tee` keeps it), and one line per trial (stderr)."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+
+from macprovider.actors.autotune_inputs import UNSET_TOKEN, TuneSettings
+from macprovider.actors.messages import Knobs
+from macprovider.actors.recommendation import Recommendation
+from macprovider.actors.tuner import Timings, TrialEvent, TuneSummary
+from macprovider.actors.tuning import stage2_cells
+
+PROG = "macprovider-supervise"
+
+
+def kv_bits_text(kv_bits: int | None) -> str:
+    return UNSET_TOKEN if kv_bits is None else str(kv_bits)
+
+
+def knobs_text(knobs: Knobs) -> str:
+    parts = [f"kv-bits {kv_bits_text(knobs.kv_bits)}"]
+    if knobs.max_batch is not None:
+        parts.append(f"max-batch {knobs.max_batch}")
+    if knobs.max_context is not None:
+        parts.append(f"max-context {knobs.max_context}")
+    return ", ".join(parts)
+
+
+def params_text(billions: float) -> str:
+    if billions >= 1:
+        return f"{billions:.3g}B"
+    return f"{billions * 1000:.3g}M"
+
+
+def render_plan(settings: TuneSettings, sizes_b: Mapping[str, float | None]) -> str:
+    """`--dry-run`: what a run would do, in order; nothing is started or written."""
+    lines = ["PLAN (dry run: nothing started, nothing written)", ""]
+    lines.append(f"target context: {settings.target_context} tokens")
+    lines.append(
+        f"Stage 1: candidates in this order, stopping at the first that fits "
+        f"({settings.stage1_replicates} replicate(s) each, TTFT gate {settings.gate_ttft_ms:g} ms):"
+    )
+    for rank, model in enumerate(settings.candidates, start=1):
+        size = sizes_b.get(model)
+        size_text = f"{params_text(size)} parameters" if size is not None else "size unknown"
+        lines.append(f"  {rank}. {model}  ({size_text})")
+    cells = stage2_cells(settings.kv_bits_axis, settings.max_batch_axis, settings.max_context_axis)
+    lines.append(
+        f"Stage 2: {len(cells)} cells for the chosen model, "
+        f"{settings.stage2_replicates} replicate(s) each (max-batch b fires b streams):"
+    )
+    for index, cell in enumerate(cells, start=1):
+        knobs = Knobs(cell.kv_bits, cell.max_context, cell.max_batch)
+        lines.append(f"  {index}. {knobs_text(knobs)}")
+    lines.append(
+        f"budget: {settings.max_duration_s:g} s; port {settings.port}; "
+        f"{settings.probe_max_tokens} tokens per request"
+    )
+    if settings.provider_memory_limit_gb is not None:
+        lines.append(f"provider memory limit: {settings.provider_memory_limit_gb:g} GB")
+    return "\n".join(lines)
+
+
+def render_summary(summary: TuneSummary) -> str:
+    """The result block: the recommendation, or why there is none."""
+    if summary.recommendation is not None:
+        return _recommendation_block(summary.recommendation, summary)
+    lines = [f"NO RECOMMENDATION ({summary.exit_reason.value})"]
+    if summary.detail:
+        lines.append(f"  {summary.detail}")
+    if summary.infeasible:
+        lines.append("  infeasible candidates, smallest first:")
+        lines += [
+            f"    {row.model} (candidate {row.rank}): {row.reason}" for row in summary.infeasible
+        ]
+    if summary.exit_reason.value == "no_feasible":
+        lines.append("  try a smaller --target-context, or other --candidate-models")
+    lines.append(f"  run id: {summary.run_id}")
+    return "\n".join(lines)
+
+
+def _recommendation_block(rec: Recommendation, summary: TuneSummary) -> str:
+    title = "RECOMMENDATION"
+    if rec.partial:
+        title += f" (PARTIAL: {summary.exit_reason.value}; the best cell measured so far)"
+    lines = [
+        title,
+        f"  model:           {rec.model}",
+        f"  target context:  {rec.target_context} tokens",
+        f"  --kv-bits:       {kv_bits_text(rec.cell.kv_bits)}",
+        f"  --max-batch:     {rec.cell.max_batch}",
+        f"  --max-context:   {rec.cell.max_context}",
+        f"  throughput:      {rec.tps_median:.1f} tok/s (median of {rec.replicates} replicates)",
+        f"  TTFT p95:        {rec.ttft_p95_ms:.0f} ms",
+        f"  alternates:      {', '.join(summary.alternates) or '(none smaller)'}",
+    ]
+    if summary.alternates:
+        try_one = shlex.join([PROG, "autotune", "--candidate-models", summary.alternates[0]])
+        lines.append(f"  try one:         {try_one}")
+    lines.append(f"  serve command:   {rec.serve_command()}")
+    lines.append(f"  run id:          {summary.run_id}")
+    return "\n".join(lines)
+
+
+def render_trial(event: TrialEvent) -> str:
+    """One stderr line per finished trial."""
+    result = event.result
+    figures = "not measured"
+    if result.tps_median is not None and result.ttft_p95_ms is not None:
+        figures = f"{result.tps_median:.1f} tok/s, TTFT p95 {result.ttft_p95_ms:.0f} ms"
+    verdict = "fits" if result.feasible else f"infeasible: {result.reason}"
+    return (
+        f"stage {event.stage} [{event.index}/{event.total}] {event.model} "
+        f"({knobs_text(event.knobs)}): {figures}; {verdict}"
+    )
+
+
+def render_timings(timings: Timings, wall_s: float) -> str:
+    """Where the run's time went; `other` is our own overhead (set-up, DB, tokenizers)."""
+    other = max(0.0, wall_s - timings.total())
+    return (
+        f"time: {wall_s:.1f} s in all: pre-warm {timings.prewarm_s:.1f} s, "
+        f"load {timings.load_s:.1f} s, measurement {timings.measure_s:.1f} s, "
+        f"provider stop {timings.stop_s:.1f} s, other {other:.1f} s"
+    )
