@@ -130,7 +130,6 @@ class TuneSummary:
     alternates: tuple[str, ...]
     infeasible: tuple[Infeasible, ...]  # smallest candidate first
     timings: Timings
-    wall_s: float
 
 
 @dataclass(frozen=True)
@@ -195,14 +194,13 @@ class Tuner:
 
     def run(self) -> TuneSummary:
         """Tunes, records every trial and closes the run row; returns how it ended."""
-        started = self._clock()
-        self._budget = Budget(self._settings.max_duration_s, started)
+        self._budget = Budget(self._settings.max_duration_s, self._clock())
         self._call(self._peers.store.begin_run(self._run), 0)
         try:
             reason, detail = self._tune(), None
         except _Stop as stop:
             reason, detail = stop.reason, stop.detail
-        return self._finish(reason, detail, self._clock() - started)
+        return self._finish(reason, detail)
 
     def record_crash(self, trace: str) -> None:
         """Best effort after an unexpected error: the traceback in a trial row, the run closed."""
@@ -438,7 +436,7 @@ class Tuner:
         )
         return self._call(self._peers.store.record_trial(trial), 0)
 
-    def _finish(self, reason: ExitReason, detail: str | None, wall_s: float) -> TuneSummary:
+    def _finish(self, reason: ExitReason, detail: str | None) -> TuneSummary:
         chosen = self._chosen
         recommendation = None
         if chosen is not None:
@@ -457,7 +455,6 @@ class Tuner:
             alternates=others,
             infeasible=infeasible_report(self._infeasible, self._sizes),
             timings=self._time,
-            wall_s=wall_s,
         )
 
     def _alternates(self, chosen: str) -> tuple[str, ...]:

@@ -118,10 +118,10 @@ def render_trial(event: TrialEvent) -> str:
 
 
 def render_timings(timings: Timings, wall_s: float) -> str:
-    """Where the run's time went; `other` is our own overhead (set-up, DB, tokenizers)."""
+    """Where the run's time went; `other` is our own overhead (actors, DB, decisions)."""
     other = max(0.0, wall_s - timings.total())
     return (
-        f"time: {wall_s:.1f} s in all: pre-warm {timings.prewarm_s:.1f} s, "
+        f"time: {wall_s:.1f} s in all: pre-warm and probe prompt {timings.prewarm_s:.1f} s, "
         f"load {timings.load_s:.1f} s, measurement {timings.measure_s:.1f} s, "
         f"provider stop {timings.stop_s:.1f} s, other {other:.1f} s"
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from macprovider.actors.autotune_inputs import (
     DEFAULT_PROBE_MAX_TOKENS,
     DEFAULT_READY_TIMEOUT_S,
     DEFAULT_REQUEST_TIMEOUT_S,
+    DEFAULT_STAGE1_REPLICATES,
+    DEFAULT_STAGE2_REPLICATES,
     DEFAULT_TARGET_CONTEXT,
     DEFAULT_TPS_TIE_EPSILON,
     AutotuneInputError,
@@ -118,7 +122,17 @@ def run(state_dir: Path | None, **knobs: str | None) -> int:
     return run_exit_code(outcome.reason)
 
 
-POSITIVE = click.FloatRange(min=0, min_open=True)
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (click's lets nan through every bound)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+POSITIVE = FiniteFloatRange(min=0, min_open=True)
 
 
 @cli.command()
@@ -164,10 +178,23 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option(
     "--max-context-axis",
     metavar="CSV",
-    help="Stage 2 context caps, each at least --target-context. [default: the target]",
+    help="Stage 2 context caps, each at least --target-context (a cap holds prompt and "
+    "answer). [default: --target-context + --probe-max-tokens]",
 )
-@click.option("--stage1-replicates", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--stage2-replicates", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--stage1-replicates",
+    type=click.IntRange(min=1),
+    default=DEFAULT_STAGE1_REPLICATES,
+    show_default=True,
+    help="Requests per Stage 1 candidate.",
+)
+@click.option(
+    "--stage2-replicates",
+    type=click.IntRange(min=1),
+    default=DEFAULT_STAGE2_REPLICATES,
+    show_default=True,
+    help="Replicates per Stage 2 cell (the median counts).",
+)
 @click.option(
     "--gate-ttft-ms",
     type=POSITIVE,
@@ -177,7 +204,7 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 )
 @click.option(
     "--tps-tie-epsilon",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=DEFAULT_TPS_TIE_EPSILON,
     show_default=True,
     help="Stage 2: throughputs within this fraction tie, and the lower TTFT wins.",
@@ -284,12 +311,14 @@ def autotune(
         retain_runs,
         state_dir or default_state_dir(os.environ),
     )
+    started = time.monotonic()
     outcome, summary, _ = tune(job, LogListener())
+    wall_s = time.monotonic() - started
     if summary is None:
         click.echo(f"{PROG}: error: {outcome.failure or outcome.reason}", err=True)
         return AUTOTUNE_EXIT_CODES.get(ExitReason(outcome.reason), EX_SOFTWARE)
     click.echo(render_summary(summary))
-    click.echo(render_timings(summary.timings, summary.wall_s), err=True)
+    click.echo(render_timings(summary.timings, wall_s), err=True)
     return AUTOTUNE_EXIT_CODES[summary.exit_reason]
 
 

@@ -1,0 +1,334 @@
+"""`autotune` end to end: the real command, real providers on the fixture models, a real DB.
+
+Runs are kept short: a 32-token target, 8 generated tokens, and one Stage 2 cell unless a
+test is about the axes. The memory budget (`--provider-memory-limit-gb`) makes a fixture not
+fit deterministically: 0.08 GB rejects `large` (≈0.097 GB at any knobs) and admits `medium`.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from macprovider.actors.exit_reasons import ExitReason
+from macprovider.actors.store import Store, StoredRun, StoredTrial
+from tests.conftest import clean_env, free_port, model_variant, supervise_argv, wait_until
+
+RUN_TIMEOUT = 240.0
+QUICK = (
+    "--target-context",
+    "32",
+    "--probe-max-tokens",
+    "8",
+    "--stage2-replicates",
+    "1",
+)
+ONE_CELL = ("--kv-bits-axis", "unset", "--max-batch-axis", "1")
+FITS_MEDIUM_NOT_LARGE = ("--provider-memory-limit-gb", "0.08")
+
+
+@dataclass
+class Finished:
+    code: int
+    stdout: str
+    stderr: str
+    db_path: Path
+
+    def runs(self) -> list[StoredRun]:
+        store = Store(self.db_path)
+        try:
+            return store.runs()
+        finally:
+            store.close()
+
+    def trials(self, stage: int | None = None) -> list[StoredTrial]:
+        store = Store(self.db_path)
+        try:
+            rows = store.trials(store.runs()[-1].start.run_id)
+        finally:
+            store.close()
+        return [row for row in rows if stage is None or row.record.stage == stage]
+
+
+class Autotune:
+    """Builds `autotune` command lines for one test: its own DB, state folder and port."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.db_path = tmp_path / "autotune.sqlite"
+        self.state_dir = tmp_path / "state"
+        self.port = free_port()
+
+    def argv(self, *args: str) -> list[str]:
+        own = ["--db-path", str(self.db_path), "--state-dir", str(self.state_dir)]
+        return supervise_argv("autotune", *own, "--port", str(self.port), *args)
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> Finished:
+        done = subprocess.run(
+            self.argv(*args),
+            capture_output=True,
+            text=True,
+            env=env or clean_env(),
+            timeout=RUN_TIMEOUT,
+        )
+        return Finished(done.returncode, done.stdout, done.stderr, self.db_path)
+
+
+@pytest.fixture
+def autotune(tmp_path: Path) -> Autotune:
+    return Autotune(tmp_path)
+
+
+Models = Callable[..., str]
+
+
+@pytest.fixture
+def models(fixtures_dir: Path) -> Models:
+    """`models("large", "tiny")` → the `--candidate-models` value for those fixtures."""
+    return lambda *names: ",".join(str(fixtures_dir / name) for name in names)
+
+
+def test_largest_first_stops_at_the_first_fit_and_never_probes_the_rest(
+    autotune: Autotune, models: Models, fixtures_dir: Path
+) -> None:
+    done = autotune.run(
+        "--candidate-models", models("large", "medium", "tiny"), *QUICK, *ONE_CELL,
+        *FITS_MEDIUM_NOT_LARGE,
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    stage1 = done.trials(stage=1)
+    assert [row.record.model for row in stage1] == [models("large"), models("medium")]
+    large, medium = (row.record for row in stage1)
+    assert not large.fits and large.notes is not None and "out of memory" in large.notes
+    assert medium.fits and medium.measured_prompt_tokens == 32
+    assert "RECOMMENDATION" in done.stdout and f"model:           {models('medium')}" in done.stdout
+    assert f"alternates:      {models('tiny')}" in done.stdout
+    # Nothing about tiny ran: no trial, no provider log.
+    assert not list((autotune.state_dir / "logs").glob("*tiny*"))
+    [kept] = [row for row in done.trials(stage=2) if row.kept]
+    assert kept.record.model == models("medium")
+    assert done.runs()[-1].exit_reason is ExitReason.OK
+
+
+def test_all_infeasible_reports_the_smallest_first_and_exits_non_zero(
+    autotune: Autotune, models: Models
+) -> None:
+    done = autotune.run(
+        "--candidate-models", models("small", "large", "tiny"), *QUICK, *ONE_CELL,
+        "--provider-memory-limit-gb", "0.001",
+    )  # fmt: skip
+    assert done.code == 2, done.stderr
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    assert lines[0] == "NO RECOMMENDATION (no_feasible)"
+    reasons = [line for line in lines if "(candidate " in line]
+    assert [line.split(" (candidate ")[0] for line in reasons] == [
+        models("tiny"),
+        models("small"),
+        models("large"),
+    ]
+    assert all("out of memory" in line for line in reasons)
+    assert "smaller --target-context" in done.stdout
+    run = done.runs()[-1]
+    assert run.exit_reason is ExitReason.NO_FEASIBLE and run.recommendation_json is None
+    assert not done.trials(stage=2)
+
+
+def test_the_operator_order_is_the_contract(autotune: Autotune, models: Models) -> None:
+    done = autotune.run("--candidate-models", models("small", "large"), *QUICK, *ONE_CELL)
+    assert done.code == 0, done.stderr
+    assert [row.record.model for row in done.trials(stage=1)] == [models("small")]
+    assert "alternates:      (none smaller)" in done.stdout
+
+
+def test_a_larger_context_cell_can_win_and_stage2_rows_cover_the_axes(
+    autotune: Autotune, models: Models
+) -> None:
+    # A 32-token cap leaves a 32-token prompt room for one token: the 64 cell must win.
+    done = autotune.run(
+        "--candidate-models", models("tiny"), *QUICK,
+        "--kv-bits-axis", "unset,8", "--max-batch-axis", "1", "--max-context-axis", "64,32",
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    stage2 = [row.record for row in done.trials(stage=2)]
+    assert [(row.kv_bits, row.max_batch, row.max_context_cap) for row in stage2] == [
+        (None, 1, 32),
+        (None, 1, 64),
+        (8, 1, 32),
+        (8, 1, 64),
+    ]
+    [kept] = [row.record for row in done.trials(stage=2) if row.kept]
+    assert kept.max_context_cap == 64
+    assert "--max-context 64" in done.stdout
+
+
+def test_a_context_cell_below_the_target_is_a_config_error_before_anything(
+    autotune: Autotune, models: Models
+) -> None:
+    done = autotune.run("--candidate-models", models("tiny"), *QUICK, "--max-context-axis", "16")
+    assert done.code == 64
+    assert "--max-context-axis: cell 1 '16' is below --target-context 32" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not autotune.db_path.exists() and not autotune.state_dir.exists()
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(autotune: Autotune, models: Models) -> None:
+    done = autotune.run(
+        "--candidate-models", models("medium", "tiny"), *QUICK, "--max-model-size", "3",
+        "--dry-run",
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    assert "--max-model-size 3 ignored: the explicit --candidate-models list" in done.stderr
+    assert f"1. {models('medium')}  (10.2M parameters)" in done.stdout
+    assert (
+        "Stage 2: 6 cells" in done.stdout
+        and "6. kv-bits 8, max-batch 2, max-context 40" in done.stdout
+    )
+    assert not autotune.db_path.exists() and not autotune.state_dir.exists()
+
+
+def test_a_transient_prewarm_failure_moves_on(
+    autotune: Autotune, models: Models, tmp_path: Path
+) -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        hub = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        env = clean_env(HF_ENDPOINT=hub, HF_HUB_CACHE=str(tmp_path / "hf"), HF_HUB_ETAG_TIMEOUT="2")
+        done = autotune.run(
+            "--candidate-models", f"nobody/not-cached,{models('tiny')}", *QUICK, *ONE_CELL,
+            env=env,
+        )  # fmt: skip
+    assert done.code == 0, done.stderr
+    first, second = (row.record for row in done.trials(stage=1))
+    assert first.model == "nobody/not-cached" and not first.fits
+    assert first.notes is not None and first.notes.startswith("pre-warm transient:")
+    assert second.model == models("tiny") and second.fits
+
+
+@pytest.mark.parametrize(
+    ("broken", "replaced"),
+    [("missing tokenizer.json", None), ("truncated weights", "model.safetensors")],
+)
+def test_an_integrity_failure_aborts_the_run(
+    autotune: Autotune,
+    models: Models,
+    tiny_model: Path,
+    tmp_path: Path,
+    broken: str,
+    replaced: str | None,
+) -> None:
+    variant = tmp_path / "broken"
+    if replaced is None:
+        model_variant(tiny_model, variant, {})
+        (variant / "tokenizer.json").unlink()
+    else:
+        data = (tiny_model / replaced).read_bytes()
+        model_variant(tiny_model, variant, {replaced: data[: len(data) // 2]})
+    done = autotune.run("--candidate-models", f"{variant},{models('tiny')}", *QUICK, *ONE_CELL)
+    assert done.code == 65, done.stderr
+    assert "NO RECOMMENDATION (pre_warm_integrity_failure)" in done.stdout
+    [row] = done.trials()
+    assert row.record.model == str(variant) and not row.record.fits
+    assert row.record.notes is not None and "pre-warm integrity failure" in row.record.notes
+    assert done.runs()[-1].exit_reason is ExitReason.PRE_WARM_INTEGRITY_FAILURE
+
+
+def _providers_on(port: int) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "serve" in cmdline and str(port) in cmdline:
+            found.append(process)
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_sigint_mid_run_leaves_nothing_behind_and_the_next_run_starts(
+    autotune: Autotune, models: Models
+) -> None:
+    # Many long replicates: Ctrl-C lands while Stage 2 measures.
+    args = ("--candidate-models", models("small"), "--target-context", "64",
+            "--probe-max-tokens", "64", "--stage2-replicates", "50", *ONE_CELL)  # fmt: skip
+    proc = subprocess.Popen(
+        autotune.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env()
+    )
+    try:
+        wait_until(
+            lambda: autotune.db_path.exists() and bool(_stage1_rows(autotune.db_path)),
+            RUN_TIMEOUT,
+            "the Stage 1 trial to be recorded",
+        )
+        wait_until(lambda: not _port_free(autotune.port), 60, "the Stage 2 provider to listen")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr.decode()
+    assert not _providers_on(autotune.port)
+    assert _port_free(autotune.port)
+    finished = Finished(proc.returncode, "", "", autotune.db_path)
+    run = finished.runs()[-1]
+    assert run.exit_reason is ExitReason.INTERRUPTED and run.ended_at is not None
+    [in_flight] = finished.trials(stage=2)
+    assert not in_flight.record.fits
+    assert in_flight.record.notes is not None and "interrupted" in in_flight.record.notes
+    store = Store(autotune.db_path)
+    try:
+        assert store.integrity_ok()
+    finally:
+        store.close()
+
+    again = autotune.run("--candidate-models", models("tiny"), *QUICK, *ONE_CELL)
+    assert again.code == 0, again.stderr
+    assert [r.exit_reason for r in again.runs()] == [ExitReason.INTERRUPTED, ExitReason.OK]
+
+
+def _stage1_rows(db_path: Path) -> list[StoredTrial]:
+    store = Store(db_path)
+    try:
+        runs = store.runs()
+        return (
+            [t for t in store.trials(runs[-1].start.run_id) if t.record.stage == 1] if runs else []
+        )
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-duration", "nan", "'nan' is not a finite number"),
+        ("--tps-tie-epsilon", "-0.1", "-0.1 is not in the range x>=0"),
+        ("--stage2-replicates", "0", "0 is not in the range x>=1"),
+        ("--kv-bits-axis", "4,,8", "--kv-bits-axis: cell 2 '' is empty"),
+        ("--max-batch-axis", "1,1", "--max-batch-axis: cell 2 '1' duplicates cell 1"),
+        ("--kv-bits-axis", "6", "--kv-bits-axis: cell 1 '6' must be 4, 8 or unset"),
+    ],
+)
+def test_a_bad_flag_exits_64_before_anything(
+    autotune: Autotune, models: Models, flag: str, value: str, message: str
+) -> None:
+    done = autotune.run("--candidate-models", models("tiny"), *QUICK, flag, value)
+    assert done.code == 64
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not autotune.db_path.exists() and not autotune.state_dir.exists()
+
+
+def test_a_budget_spent_in_stage1_selects_no_model(autotune: Autotune, models: Models) -> None:
+    done = autotune.run("--candidate-models", models("tiny"), *QUICK, "--max-duration", "0.001")
+    assert done.code == 3, done.stderr
+    assert "NO RECOMMENDATION (budget_exhausted_no_model_selected)" in done.stdout
+    run = done.runs()[-1]
+    assert run.exit_reason is ExitReason.BUDGET_EXHAUSTED_NO_MODEL_SELECTED
+    assert run.recommendation_json is None
