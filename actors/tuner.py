@@ -235,9 +235,10 @@ class Tuner:
         for rank, model in enumerate(candidates, start=1):
             self._checkpoint()
             prepared, result = self._candidate(rank, model)
-            self._stop_if_cancelled()
             if prepared is not None and result.feasible:
                 return prepared
+            # A candidate cut short by Ctrl-C or the budget is not "infeasible".
+            self._checkpoint()
             self._infeasible.append(Infeasible(model, rank, result.reason or "infeasible"))
         return None
 
@@ -295,11 +296,13 @@ class Tuner:
             result, trial_id = self._trial(
                 2, index, len(cells), chosen, knobs, cell.max_batch, replicates, Timings()
             )
-            self._stop_if_cancelled()
+            # An interrupted or budget-cut cell is infeasible and cannot win; a cell completed
+            # just before a Ctrl-C still counts.
             best = self._best[1] if self._best is not None else None
             if keeps_best(result, best, settings.tps_tie_epsilon):
                 self._best = (cell, result)
                 self._call(self._peers.store.set_kept(self._run.run_id, trial_id), 0)
+            self._checkpoint()
 
     # --- one trial ---
 

@@ -12,7 +12,7 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -22,11 +22,18 @@ import pykka
 
 from macprovider.actors.autotune_inputs import TuneSettings
 from macprovider.actors.messages import ProbeSpec, ProviderHandle
-from macprovider.actors.prewarm import Fetch, PrewarmActor, PrewarmOutcome, fetch_from_hub
+from macprovider.actors.prewarm import (
+    Fetch,
+    PrewarmActor,
+    PrewarmOutcome,
+    PrewarmProxy,
+    fetch_from_hub,
+)
 from macprovider.actors.probe import ProbeProxy
 from macprovider.actors.provider import ProviderProxy
 from macprovider.actors.store import RunStart
 from macprovider.actors.tuning import Cell, Replicate
+from macprovider.cli.autotune import run_start as cli_run_start
 
 CALL_TIMEOUT_S = 20.0
 STANDIN_DIR = Path(__file__).resolve().parent
@@ -37,13 +44,13 @@ STANDIN_MARK = "tuner-peers-standin"
 # picks STANDIN_MODE per model from the JSON object in STANDIN_MODES, so that one
 # ProviderActor can run a candidate that dies during load next to ones that load. Standard
 # library only, like the stand-in, so a start costs one interpreter start and nothing more.
-_WRAPPER = """# MARK
+_WRAPPER = """# __MARK__
 import json
 import os
 import sys
 import time
 
-sys.path.insert(0, DIR)
+sys.path.insert(0, __DIR__)
 import provider_standin as standin
 
 
@@ -76,7 +83,7 @@ mode = json.loads(os.environ.get("STANDIN_MODES", "{}")).get(model)
 if mode is not None:
     os.environ["STANDIN_MODE"] = mode
 sys.exit(standin.main(argv))
-""".replace("MARK", STANDIN_MARK).replace("DIR", repr(str(STANDIN_DIR)))
+""".replace("__MARK__", STANDIN_MARK).replace("__DIR__", repr(str(STANDIN_DIR)))
 
 STANDIN_COMMAND: tuple[str, ...] = (sys.executable, "-c", _WRAPPER)
 
@@ -111,11 +118,6 @@ class At:
     kv_bits: int | None
     max_batch: int | None
     max_context: int | None
-
-
-def stage1_at(model: str, settings: TuneSettings) -> At:
-    """Stage 1 runs every candidate at the default knobs but for the context."""
-    return At(model, None, None, settings.stage1_context())
 
 
 def cell_at(model: str, cell: Cell) -> At:
@@ -224,6 +226,19 @@ class RecordingPrewarmActor(PrewarmActor):
         return super().prewarm(model_id)
 
 
+def start_recording_prewarm(
+    prewarmed: list[str],
+    *,
+    provider: ProviderProxy,
+    cancel: threading.Event,
+    cache_dir: Path | None = None,
+) -> PrewarmProxy:
+    ref = RecordingPrewarmActor.start(
+        prewarmed, provider=provider, cancel=cancel, cache_dir=cache_dir
+    )
+    return cast(PrewarmProxy, ref.proxy())
+
+
 # --- time and the run row ---------------------------------------------------------------------
 
 
@@ -244,18 +259,5 @@ class FakeClock:
 
 
 def run_start(run_id: str, settings: TuneSettings) -> RunStart:
-    return RunStart(
-        run_id=run_id,
-        started_at=datetime.now(UTC),
-        spec_version="0.3",
-        binary_version="0.0.0-test",
-        machine_ram_gb=16.0,
-        machine_chip="test-chip",
-        machine_os_version="test-os 1",
-        target_context=settings.target_context,
-        candidate_models=settings.candidates,
-        stage1_replicates=settings.stage1_replicates,
-        stage2_replicates=settings.stage2_replicates,
-        gate_ttft_ms=settings.gate_ttft_ms,
-        tps_tie_epsilon=settings.tps_tie_epsilon,
-    )
+    """The run row the CLI would write, under a test's own id."""
+    return replace(cli_run_start(settings, datetime.now(UTC)), run_id=run_id)
