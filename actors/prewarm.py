@@ -671,16 +671,12 @@ class PrewarmActor(pykka.ThreadingActor):
             self._provider, model, port, knobs, ready_timeout=ready_timeout, cancel=self._cancel
         )
 
-    def local_parameters(self, model_id: str) -> int | None:
-        return local_parameters(model_id, self._cache_dir)
-
 
 class PrewarmProxy(ActorMemberMixin, pykka.ActorProxy[PrewarmActor]):
     """The PrewarmActor's methods as mypy sees them through a proxy: each returns a Future."""
 
     prewarm = proxy_method(PrewarmActor.prewarm)
     load = proxy_method(PrewarmActor.load)
-    local_parameters = proxy_method(PrewarmActor.local_parameters)
 
 
 def start_prewarm_actor(

@@ -4,10 +4,13 @@ alternates, and the all-infeasible report. Pure functions over what the tuner me
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import rfc8785
 
 from macprovider.actors.tuning import Cell, CellResult, size_order
 
@@ -36,6 +39,23 @@ class Recommendation:
 
     def serve_command(self) -> str:
         return serve_command(self.model, self.cell)
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any], *, partial: bool) -> Recommendation:
+        """Back from `as_json` (the DB's `recommendation_json`)."""
+        knobs = document["knobs"]
+        cell = Cell(
+            knobs["kv_bits"], knobs["max_concurrency_override"], knobs["max_context_override"]
+        )
+        return cls(
+            document["model"],
+            document["target_context"],
+            cell,
+            document["tps_median"],
+            document["ttft_p95_ms"],
+            document["replicates"],
+            partial,
+        )
 
     def as_json(self) -> dict[str, Any]:
         """The `recommendation` object of DESIGN §5's frozen schema."""
@@ -113,3 +133,27 @@ def infeasible_report(
     """The all-infeasible report's order: the smallest candidate first, then larger ones."""
     by_model = {row.model: row for row in rows}
     return tuple(by_model[model] for model in size_order([row.model for row in rows], sizes))
+
+
+def recipe_hash(
+    recommendation: Recommendation,
+    *,
+    binary_version: str,
+    candidate_models: Sequence[str],
+    chip: str,
+    ram_gb: float,
+) -> str:
+    """`sha256:` + hex of the RFC 8785 (JCS) canonical JSON of exactly the seven recipe fields
+    (DESIGN §5): what was recommended, for which inputs, on which machine and version.
+    Observations (tok/s, TTFT), ids and timestamps are left out, so a re-run that lands on the
+    same recipe has the same hash."""
+    recipe: dict[str, Any] = {
+        "binary_version": binary_version,
+        "candidate_models": list(candidate_models),
+        "chip": chip,
+        "knobs": recommendation.knobs(),
+        "model": recommendation.model,
+        "ram_gb": ram_gb,
+        "target_context": recommendation.target_context,
+    }
+    return "sha256:" + hashlib.sha256(rfc8785.dumps(recipe)).hexdigest()

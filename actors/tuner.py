@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar, cast
 
 import pykka
 
-from macprovider.actors.autotune_inputs import TuneSettings, default_sizes_b
+from macprovider.actors.autotune_inputs import TuneSettings
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.messages import Knobs, Loaded, LoadFailed, ProbeSpec
 from macprovider.actors.prewarm import (
@@ -37,10 +37,8 @@ from macprovider.actors.probe import ProbeProxy
 from macprovider.actors.probe_prompt import ProbePrompt, build_probe_prompt, load_prompt_tokenizer
 from macprovider.actors.provider import ProviderProxy, port_is_free
 from macprovider.actors.recommendation import (
-    Infeasible,
     Recommendation,
-    alternates,
-    infeasible_report,
+    recipe_hash,
     recommend,
 )
 from macprovider.actors.store import KvBits, RunStart, Stage, StoreProxy, TrialRecord
@@ -66,7 +64,9 @@ CALL_MARGIN_S: Final = 60.0
 # A first download of a big model can take hours; Ctrl-C still ends the run (the provider
 # and the DB are safe), the fetch thread just is not waited for.
 PREWARM_TIMEOUT_S: Final = 24 * 3600.0
-BILLION: Final = 1e9
+OUT_OF_BUDGET: Final = "out of budget"
+# The notes a trial starts with when it ended before any verdict: not "does not fit".
+CUT_SHORT_NOTES: Final = (INTERRUPTED, OUT_OF_BUDGET)
 
 _T = TypeVar("_T")
 
@@ -127,8 +127,6 @@ class TuneSummary:
     exit_reason: ExitReason
     detail: str | None  # one line, when the run ended on a problem
     recommendation: Recommendation | None
-    alternates: tuple[str, ...]
-    infeasible: tuple[Infeasible, ...]  # smallest candidate first
     timings: Timings
 
 
@@ -184,8 +182,6 @@ class Tuner:
         self._listener = listener or TuneListener()
         self._clock = clock
         self._budget = Budget(settings.max_duration_s, clock())
-        self._sizes: dict[str, float] = default_sizes_b()
-        self._infeasible: list[Infeasible] = []
         self._chosen: _Prepared | None = None
         self._best: tuple[Cell, CellResult] | None = None
         self._time = Timings()
@@ -237,9 +233,7 @@ class Tuner:
             prepared, result = self._candidate(rank, model)
             if prepared is not None and result.feasible:
                 return prepared
-            # A candidate cut short by Ctrl-C or the budget is not "infeasible".
             self._checkpoint()
-            self._infeasible.append(Infeasible(model, rank, result.reason or "infeasible"))
         return None
 
     def _candidate(self, rank: int, model: str) -> tuple[_Prepared | None, CellResult]:
@@ -272,7 +266,6 @@ class Tuner:
             return _unmeasured(f"pre-warm transient: {error.cause}")
         except PrewarmError as error:
             return _unmeasured(f"pre-warm failed: {error}")
-        self._sizes.setdefault(model, outcome.report.parameters / BILLION)
         try:
             tokenizer = load_prompt_tokenizer(outcome.report.folder)
             prompt = build_probe_prompt(tokenizer.count, self._settings.target_context)
@@ -359,7 +352,7 @@ class Tuner:
             timeout = min(settings.request_timeout_s, self._budget.remaining(self._clock()))
             if self._cancel.is_set() or timeout <= 0:
                 done.append(
-                    _failed_replicate(INTERRUPTED if self._cancel.is_set() else "out of budget")
+                    _failed_replicate(INTERRUPTED if self._cancel.is_set() else OUT_OF_BUDGET)
                 )
                 break
             spec = ProbeSpec(
@@ -393,8 +386,10 @@ class Tuner:
 
     @staticmethod
     def _notes(load: Loaded | LoadFailed, result: CellResult) -> str | None:
-        loaded = f"load {load.seconds:.2f} s" if isinstance(load, Loaded) else None
-        return "; ".join(part for part in (result.reason, loaded) if part) or None
+        """Why a trial failed (what the reports quote), else its load time."""
+        if result.reason is not None:
+            return result.reason
+        return f"load {load.seconds:.2f} s" if isinstance(load, Loaded) else None
 
     # --- bookkeeping ---
 
@@ -446,33 +441,33 @@ class Tuner:
             partial = reason is not ExitReason.OK
             target = self._settings.target_context
             recommendation = recommend(chosen.model, target, self._best, partial=partial)
-        others: tuple[str, ...] = ()
-        if recommendation is not None and chosen is not None:
-            others = self._alternates(chosen.model)
         self._close_run(reason, recommendation)
         return TuneSummary(
             run_id=self._run.run_id,
             exit_reason=reason,
             detail=detail,
             recommendation=recommendation,
-            alternates=others,
-            infeasible=infeasible_report(self._infeasible, self._sizes),
             timings=self._time,
         )
 
-    def _alternates(self, chosen: str) -> tuple[str, ...]:
-        candidates = self._settings.candidates
-        for model in candidates[candidates.index(chosen) + 1 :]:
-            if model not in self._sizes:
-                parameters = self._call(self._peers.prewarm.local_parameters(model), 0)
-                if parameters is not None:
-                    self._sizes[model] = parameters / BILLION
-        return alternates(candidates, chosen, self._sizes)
-
     def _close_run(self, reason: ExitReason, recommendation: Recommendation | None) -> None:
-        document = None if recommendation is None else json.dumps(recommendation.as_json())
+        document, recipe = None, None
+        if recommendation is not None:
+            document = json.dumps(recommendation.as_json())
+            run = self._run
+            recipe = recipe_hash(
+                recommendation,
+                binary_version=run.binary_version,
+                candidate_models=run.candidate_models,
+                chip=run.machine_chip,
+                ram_gb=run.machine_ram_gb,
+            )
         closing = self._peers.store.finish_run(
-            self._run.run_id, reason, ended_at=datetime.now(UTC), recommendation_json=document
+            self._run.run_id,
+            reason,
+            ended_at=datetime.now(UTC),
+            recommendation_json=document,
+            recipe_hash=recipe,
         )
         self._call(closing, 0)
 

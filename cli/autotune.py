@@ -25,7 +25,6 @@ import pykka
 
 from macprovider.actors.autotune_inputs import (
     TuneSettings,
-    default_sizes_b,
     parse_candidate_models,
     parse_kv_bits_axis,
     parse_max_batch_axis,
@@ -35,13 +34,13 @@ from macprovider.actors.autotune_inputs import (
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.machine import SPEC_VERSION, describe_machine
 from macprovider.actors.messages import RunOutcome
-from macprovider.actors.prewarm import local_parameters, start_prewarm_actor
+from macprovider.actors.prewarm import start_prewarm_actor
 from macprovider.actors.probe import start_probe_actor
 from macprovider.actors.provider import ProcessGroups, start_provider_actor
 from macprovider.actors.runtime import supervise
 from macprovider.actors.store import RunStart, StoreProxy, start_store_actor
 from macprovider.actors.supervisor import ChildSpec, SupervisorProxy
-from macprovider.actors.tuner import BILLION, Peers, TuneListener, Tuner, TuneSummary, start_tuner
+from macprovider.actors.tuner import Peers, TuneListener, Tuner, TuneSummary, start_tuner
 
 ENV_PREFIX = "MACPROVIDER_"
 STORE_CALL_TIMEOUT_S = 30.0
@@ -187,13 +186,3 @@ def settings_from_options(options: Mapping[str, Any]) -> tuple[TuneSettings, tup
         provider_memory_limit_gb=options["provider_memory_limit_gb"],
     )
     return settings, candidates.warnings
-
-
-def candidate_sizes_b(settings: TuneSettings) -> dict[str, float | None]:
-    """Each candidate's size for the plan: the default list's metadata, else its local headers."""
-    known = default_sizes_b()
-    sizes: dict[str, float | None] = {}
-    for model in settings.candidates:
-        parameters = local_parameters(model) if model not in known else None
-        sizes[model] = known.get(model, None if parameters is None else parameters / BILLION)
-    return sizes

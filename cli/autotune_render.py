@@ -7,10 +7,12 @@ import shlex
 from collections.abc import Mapping
 
 from macprovider.actors.autotune_inputs import UNSET_TOKEN, TuneSettings
+from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.messages import Knobs
 from macprovider.actors.recommendation import Recommendation
-from macprovider.actors.tuner import Timings, TrialEvent, TuneSummary
+from macprovider.actors.tuner import Timings, TrialEvent
 from macprovider.actors.tuning import stage2_cells
+from macprovider.cli.run_report import RunReport
 
 PROG = "macprovider-supervise"
 
@@ -34,7 +36,7 @@ def params_text(billions: float) -> str:
     return f"{billions * 1000:.3g}M"
 
 
-def render_plan(settings: TuneSettings, sizes_b: Mapping[str, float | None]) -> str:
+def render_plan(settings: TuneSettings, sizes_b: Mapping[str, float]) -> str:
     """`--dry-run`: what a run would do, in order; nothing is started or written."""
     lines = ["PLAN (dry run: nothing started, nothing written)", ""]
     lines.append(f"target context: {settings.target_context} tokens")
@@ -63,28 +65,30 @@ def render_plan(settings: TuneSettings, sizes_b: Mapping[str, float | None]) -> 
     return "\n".join(lines)
 
 
-def render_summary(summary: TuneSummary) -> str:
+def render_report(report: RunReport) -> str:
     """The result block: the recommendation, or why there is none."""
-    if summary.recommendation is not None:
-        return _recommendation_block(summary.recommendation, summary)
-    lines = [f"NO RECOMMENDATION ({summary.exit_reason.value})"]
-    if summary.detail:
-        lines.append(f"  {summary.detail}")
-    if summary.infeasible:
+    if report.recommendation is not None:
+        return _recommendation_block(report.recommendation, report)
+    reason = report.exit_reason.value if report.exit_reason else "unfinished: the run was killed"
+    lines = [f"NO RECOMMENDATION ({reason})"]
+    if (problem := report.problem()) is not None:
+        lines.append(f"  {problem}")
+    if report.infeasible:
         lines.append("  infeasible candidates, smallest first:")
         lines += [
-            f"    {row.model} (candidate {row.rank}): {row.reason}" for row in summary.infeasible
+            f"    {row.model} (candidate {row.rank}): {row.reason}" for row in report.infeasible
         ]
-    if summary.exit_reason.value == "no_feasible":
+    if report.exit_reason is ExitReason.NO_FEASIBLE:
         lines.append("  try a smaller --target-context, or other --candidate-models")
-    lines.append(f"  run id: {summary.run_id}")
+    lines.append(f"  run id: {report.run.start.run_id}")
     return "\n".join(lines)
 
 
-def _recommendation_block(rec: Recommendation, summary: TuneSummary) -> str:
+def _recommendation_block(rec: Recommendation, report: RunReport) -> str:
     title = "RECOMMENDATION"
     if rec.partial:
-        title += f" (PARTIAL: {summary.exit_reason.value}; the best cell measured so far)"
+        reason = report.exit_reason.value if report.exit_reason else "unfinished"
+        title += f" (PARTIAL: {reason}; the best cell measured so far)"
     lines = [
         title,
         f"  model:           {rec.model}",
@@ -94,13 +98,13 @@ def _recommendation_block(rec: Recommendation, summary: TuneSummary) -> str:
         f"  --max-context:   {rec.cell.max_context}",
         f"  throughput:      {rec.tps_median:.1f} tok/s (median of {rec.replicates} replicates)",
         f"  TTFT p95:        {rec.ttft_p95_ms:.0f} ms",
-        f"  alternates:      {', '.join(summary.alternates) or '(none smaller)'}",
+        f"  alternates:      {', '.join(report.alternates) or '(none smaller)'}",
     ]
-    if summary.alternates:
-        try_one = shlex.join([PROG, "autotune", "--candidate-models", summary.alternates[0]])
+    if report.alternates:
+        try_one = shlex.join([PROG, "autotune", "--candidate-models", report.alternates[0]])
         lines.append(f"  try one:         {try_one}")
     lines.append(f"  serve command:   {rec.serve_command()}")
-    lines.append(f"  run id:          {summary.run_id}")
+    lines.append(f"  run id:          {report.run.start.run_id}")
     return "\n".join(lines)
 
 

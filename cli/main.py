@@ -291,19 +291,19 @@ def autotune(
     """
     from macprovider.cli.autotune import (
         AutotuneRun,
-        candidate_sizes_b,
         default_db_path,
         settings_from_options,
         tune,
     )
-    from macprovider.cli.autotune_render import render_plan, render_summary, render_timings
+    from macprovider.cli.autotune_render import render_plan, render_report, render_timings
     from macprovider.cli.run import default_state_dir
+    from macprovider.cli.run_report import candidate_sizes_b, load_report
 
     settings, warnings = settings_from_options(options)
     for warning in warnings:
         click.echo(f"{PROG}: warning: {warning}", err=True)
     if dry_run:
-        click.echo(render_plan(settings, candidate_sizes_b(settings)))
+        click.echo(render_plan(settings, candidate_sizes_b(settings.candidates)))
         return 0
     job = AutotuneRun(
         settings,
@@ -312,12 +312,14 @@ def autotune(
         state_dir or default_state_dir(os.environ),
     )
     started = time.monotonic()
-    outcome, summary, _ = tune(job, LogListener())
+    outcome, summary, run = tune(job, LogListener())
     wall_s = time.monotonic() - started
     if summary is None:
         click.echo(f"{PROG}: error: {outcome.failure or outcome.reason}", err=True)
         return AUTOTUNE_EXIT_CODES.get(ExitReason(outcome.reason), EX_SOFTWARE)
-    click.echo(render_summary(summary))
+    if summary.detail and summary.exit_reason is not ExitReason.OK:
+        click.echo(f"{PROG}: {summary.exit_reason.value}: {summary.detail}", err=True)
+    click.echo(render_report(load_report(job.db_path, run.run_id)))
     click.echo(render_timings(summary.timings, wall_s), err=True)
     return AUTOTUNE_EXIT_CODES[summary.exit_reason]
 

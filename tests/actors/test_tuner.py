@@ -41,6 +41,7 @@ from macprovider.actors.store import (
 from macprovider.actors.supervisor import ChildSpec, SupervisorProxy, start_supervisor
 from macprovider.actors.tuner import Peers, Tuner, TuneSummary, start_tuner
 from macprovider.actors.tuning import Cell, Replicate, stage2_cells
+from macprovider.cli.run_report import RunReport, build_report, candidate_sizes_b
 from tests.actors.tuner_peers import (
     STANDIN_COMMAND,
     At,
@@ -143,6 +144,12 @@ class Rig:
     def trials(self, stage: int | None = None) -> list[StoredTrial]:
         rows = self.store.trials(self.run.run_id).get(timeout=TIMEOUT_S)
         return [row for row in rows if stage is None or row.record.stage == stage]
+
+    def report(self) -> RunReport:
+        """The run as every output renders it, built from what the Tuner stored."""
+        run = self.stored_run()
+        sizes = candidate_sizes_b(run.start.candidate_models)
+        return build_report(run, self.trials(), sizes, Path("autotune.sqlite"))
 
     def stored_run(self) -> StoredRun:
         runs = self.store.runs().get(timeout=TIMEOUT_S)
@@ -513,10 +520,10 @@ def test_stage1_passes_a_candidate_that_dies_loading_and_stops_at_the_first_fit(
     assert dead.agg_throughput_tps is None
     assert dead.notes == f"provider exited during load (exit 1): {OOM_LINE}"
     assert (fit.model, fit.fits) == (small, True)
-    assert summary.infeasible == (Infeasible(medium, 1, dead.notes),)
+    assert rig.report().infeasible == (Infeasible(medium, 1, dead.notes),)
     assert summary.recommendation is not None and summary.recommendation.model == small
     # tiny (smaller than small by its real header size) is named, never pre-warmed nor probed.
-    assert summary.alternates == (tiny,)
+    assert rig.report().alternates == (tiny,)
     assert rig.prewarmed == [medium, small]
     assert {call.at.model for call in rig.calls} == {small}
     assert all(f"model={tiny} " not in log.read_text() for log in rig.provider_logs())
@@ -533,8 +540,8 @@ def test_no_alternates_when_the_first_fit_is_smaller_than_what_follows(
     summary = rig.tune()
 
     assert summary.exit_reason is ExitReason.OK
-    assert summary.alternates == ()  # small is listed after tiny, but it is bigger
-    assert summary.infeasible == ()
+    assert rig.report().alternates == ()  # small is listed after tiny, but it is bigger
+    assert rig.report().infeasible == ()
     assert rig.prewarmed == [tiny]
     assert {row.record.model for row in rig.trials()} == {tiny}
 
@@ -554,14 +561,14 @@ def test_all_infeasible_is_no_feasible_with_the_smallest_candidate_first(
     assert summary.exit_reason is ExitReason.NO_FEASIBLE
     assert summary.detail == f"no candidate fits at {TARGET} context tokens"
     assert_no_recommendation(rig, summary)
-    assert summary.alternates == ()
+    assert rig.report().alternates == ()
     assert [(row.record.model, row.record.fits) for row in rig.trials()] == [
         (small, False),
         (medium, False),
         (tiny, False),
     ]
     assert rig.prewarmed == [small, medium, tiny]
-    assert summary.infeasible == (
+    assert rig.report().infeasible == (
         Infeasible(tiny, 3, "TTFT p95 90000 ms exceeds the gate 60000 ms"),
         Infeasible(small, 1, "HTTP 500: internal error"),
         Infeasible(medium, 2, f"provider exited during load (exit 1): {OOM_LINE}"),
@@ -643,7 +650,7 @@ def test_budget_used_up_before_any_stage2_cell_finished_selects_no_model(
     assert summary.exit_reason is ExitReason.BUDGET_EXHAUSTED_NO_MODEL_SELECTED
     assert summary.detail == "--max-duration 100 s used up in Stage 2"
     assert_no_recommendation(rig, summary)
-    assert summary.alternates == ()
+    assert rig.report().alternates == ()
     (row,) = rig.trials(2)
     assert (knobs_of(row), row.record.fits, row.record.replicates_n) == ((None, 1, CTX), False, 2)
     assert rig.calls_at(at(tiny, None, 2)) == []
@@ -839,7 +846,7 @@ def test_a_prewarm_integrity_failure_is_recorded_then_aborts_the_run(
     assert rig.prewarmed == [str(broken)]
     assert rig.calls == []
     assert rig.provider_logs() == []  # no provider was ever started
-    assert summary.infeasible == ()
+    assert rig.report().infeasible == ()
 
 
 def test_a_transient_or_unclassified_prewarm_failure_passes_to_the_next_candidate(
@@ -881,7 +888,7 @@ def test_a_transient_or_unclassified_prewarm_failure_passes_to_the_next_candidat
     assert second.notes is not None and second.notes.startswith("pre-warm failed: ")
     assert (third.model, third.fits) == (tiny, True)
     assert rig.prewarmed == [uncached, nowhere, tiny]
-    assert summary.infeasible == (
+    assert rig.report().infeasible == (
         Infeasible(uncached, 1, first.notes),
         Infeasible(nowhere, 2, second.notes),
     )

@@ -1,0 +1,144 @@
+"""One autotune run as every output renders it (terminal block, `--json`, HTML, `--compare`),
+built from the database alone, so a live run and `report --run ID` print the same thing.
+
+`build_report` is pure; `load_report` reads the DB and the candidates' sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from macprovider.actors.autotune_inputs import default_sizes_b
+from macprovider.actors.exit_reasons import ExitReason
+from macprovider.actors.prewarm import INTEGRITY_PREFIX, local_parameters
+from macprovider.actors.recommendation import (
+    Infeasible,
+    Recommendation,
+    alternates,
+    infeasible_report,
+)
+from macprovider.actors.store import Store, StoredRun, StoredTrial
+from macprovider.actors.tuner import CUT_SHORT_NOTES
+
+BILLION = 1e9
+
+
+class ReportError(Exception):
+    """The database has no such run (or none at all); one-line message."""
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run: StoredRun
+    trials: tuple[StoredTrial, ...]
+    recommendation: Recommendation | None
+    alternates: tuple[str, ...]  # smaller candidates never probed, input order
+    infeasible: tuple[Infeasible, ...]  # Stage 1 verdicts "does not fit", smallest first
+    db_path: Path
+
+    @property
+    def exit_reason(self) -> ExitReason | None:
+        """None for a run that never closed (the process was killed)."""
+        return self.run.exit_reason
+
+    def stage(self, stage: int) -> tuple[StoredTrial, ...]:
+        return tuple(trial for trial in self.trials if trial.record.stage == stage)
+
+    def problem(self) -> str | None:
+        """The note that ended a run on a damaged model, if it did."""
+        if self.exit_reason is ExitReason.PRE_WARM_INTEGRITY_FAILURE and self.trials:
+            return self.trials[-1].record.notes
+        return None
+
+
+def _verdict(trial: StoredTrial) -> bool:
+    """A Stage 1 row that says "does not fit", as opposed to one cut short or aborted."""
+    notes = trial.record.notes or ""
+    cut = notes.startswith(CUT_SHORT_NOTES) or notes.startswith(INTEGRITY_PREFIX)
+    return trial.record.stage == 1 and not trial.record.fits and not cut
+
+
+def build_report(
+    run: StoredRun, trials: Sequence[StoredTrial], sizes: Mapping[str, float], db_path: Path
+) -> RunReport:
+    candidates = run.start.candidate_models
+    recommendation = None
+    if run.recommendation_json is not None:
+        partial = run.exit_reason is not ExitReason.OK
+        document = json.loads(run.recommendation_json)
+        recommendation = Recommendation.from_json(document, partial=partial)
+    others: tuple[str, ...] = ()
+    if recommendation is not None and recommendation.model in candidates:
+        others = alternates(candidates, recommendation.model, sizes)
+    rows = [
+        Infeasible(t.record.model, candidates.index(t.record.model) + 1, t.record.notes or "")
+        for t in trials
+        if _verdict(t) and t.record.model in candidates
+    ]
+    return RunReport(
+        run, tuple(trials), recommendation, others, infeasible_report(rows, sizes), db_path
+    )
+
+
+def candidate_sizes_b(models: Sequence[str]) -> dict[str, float]:
+    """Sizes in billions of parameters: the default list's metadata, else the safetensors
+    headers of a model already on this machine (nothing is fetched); unknown ones are left
+    out (they sort last)."""
+    known = default_sizes_b()
+    sizes: dict[str, float] = {}
+    for model in models:
+        if model in known:
+            sizes[model] = known[model]
+        elif (parameters := local_parameters(model)) is not None:
+            sizes[model] = parameters / BILLION
+    return sizes
+
+
+def load_report(db_path: Path, run_id: str | None = None) -> RunReport:
+    """The run `run_id` (default: the latest) of the database at `db_path`."""
+    if not db_path.is_file():
+        raise ReportError(f"no autotune database at {db_path}")
+    store = Store(db_path)
+    try:
+        runs = store.runs()
+        if run_id is None:
+            if not runs:
+                raise ReportError(f"{db_path} holds no autotune run yet")
+            run = runs[-1]
+        else:
+            matches = [run for run in runs if run.start.run_id == run_id]
+            if not matches:
+                raise ReportError(f"{db_path} has no run {run_id!r}")
+            run = matches[0]
+        trials = store.trials(run.start.run_id)
+    finally:
+        store.close()
+    sizes = candidate_sizes_b(run.start.candidate_models)
+    return build_report(run, trials, sizes, db_path)
+
+
+def previous_comparable(db_path: Path, report: RunReport) -> RunReport | None:
+    """The latest earlier run on the same machine with the same inputs, for `--compare`."""
+    store = Store(db_path)
+    try:
+        earlier = [run for run in store.runs() if _comparable(run, report.run)]
+        if not earlier:
+            return None
+        trials = store.trials(earlier[-1].start.run_id)
+    finally:
+        store.close()
+    sizes = candidate_sizes_b(earlier[-1].start.candidate_models)
+    return build_report(earlier[-1], trials, sizes, db_path)
+
+
+def _comparable(run: StoredRun, current: StoredRun) -> bool:
+    a, b = run.start, current.start
+    return (
+        a.run_id != b.run_id
+        and a.started_at < b.started_at
+        and (a.machine_chip, a.machine_ram_gb) == (b.machine_chip, b.machine_ram_gb)
+        and (a.target_context, a.candidate_models) == (b.target_context, b.candidate_models)
+    )
