@@ -410,6 +410,15 @@ class Store:
             return False
         return True
 
+    def mark_applied(self, run_id: str) -> None:
+        """Records that the run's recommendation was written to the config (`--apply`)."""
+        with self._transaction():
+            cursor = self._conn.execute(
+                "UPDATE tune_runs SET applied = 1 WHERE run_id = ?", (run_id,)
+            )
+            if cursor.rowcount != 1:
+                raise UnknownRun(f"no run {run_id!r}")
+
     def runs(self) -> list[StoredRun]:
         """Every run, oldest first."""
         rows = self._conn.execute("SELECT * FROM tune_runs ORDER BY started_at_utc, rowid")

@@ -115,6 +115,9 @@ class TuneListener:
     def trial_started(self, stage: int, index: int, total: int, model: str, knobs: Knobs) -> None:
         pass
 
+    def replicate_started(self, number: int, total: int) -> None:
+        pass
+
     def trial_finished(self, event: TrialEvent) -> None:
         pass
 
@@ -348,13 +351,14 @@ class Tuner:
         """Up to `count` replicates; the first failed one ends the cell (it can never win)."""
         settings = self._settings
         done: list[Replicate] = []
-        for _ in range(count):
+        for number in range(1, count + 1):
             timeout = min(settings.request_timeout_s, self._budget.remaining(self._clock()))
             if self._cancel.is_set() or timeout <= 0:
                 done.append(
                     _failed_replicate(INTERRUPTED if self._cancel.is_set() else OUT_OF_BUDGET)
                 )
                 break
+            self._listener.replicate_started(number, count)
             spec = ProbeSpec(
                 settings.port,
                 prepared.model,

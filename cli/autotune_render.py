@@ -129,3 +129,37 @@ def render_timings(timings: Timings, wall_s: float) -> str:
         f"load {timings.load_s:.1f} s, measurement {timings.measure_s:.1f} s, "
         f"provider stop {timings.stop_s:.1f} s, other {other:.1f} s"
     )
+
+
+def _knob_values(rec: Recommendation | None) -> dict[str, str]:
+    if rec is None:
+        return {"recommendation": "none"}
+    return {
+        "model": rec.model,
+        "--kv-bits": kv_bits_text(rec.cell.kv_bits),
+        "--max-batch": str(rec.cell.max_batch),
+        "--max-context": str(rec.cell.max_context),
+    }
+
+
+def render_comparison(report: RunReport, previous: RunReport | None) -> str:
+    """`--compare`: this run's recommendation beside the last run on the same machine with
+    the same inputs (target context and candidate list)."""
+    if previous is None:
+        return "COMPARED WITH: no earlier run on this machine with the same inputs"
+    when = previous.run.start.started_at.strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"COMPARED WITH run {previous.run.start.run_id} ({when})"]
+    now, was = _knob_values(report.recommendation), _knob_values(previous.recommendation)
+    for label in dict.fromkeys([*now, *was]):
+        value, old = now.get(label, "-"), was.get(label, "-")
+        lines.append(
+            f"  {label + ':':<17}{value} ({'unchanged' if value == old else f'was {old}'})"
+        )
+    new_rec, old_rec = report.recommendation, previous.recommendation
+    if new_rec is not None and old_rec is not None:
+        delta = (new_rec.tps_median / old_rec.tps_median - 1) * 100 if old_rec.tps_median else 0.0
+        lines.append(
+            f"  {'throughput:':<17}{new_rec.tps_median:.1f} tok/s "
+            f"(was {old_rec.tps_median:.1f}: {delta:+.1f}%)"
+        )
+    return "\n".join(lines)

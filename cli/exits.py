@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from macprovider.actors.autotune_inputs import AutotuneInputError
 from macprovider.actors.exit_reasons import ExitReason
+from macprovider.cli.apply import ApplyError
+from macprovider.cli.report_html import ReportHtmlError
+from macprovider.cli.run_report import ReportError
 from macprovider.server.errors import (
     ConfigError,
     EngineDied,
@@ -19,9 +22,11 @@ EX_DATAERR = 65  # the model cannot be loaded here: files refused, or over the m
 EX_NOINPUT = 66  # the model id or path resolves to nothing on this machine
 EX_UNAVAILABLE = 69  # the address to listen on is taken
 EX_SOFTWARE = 70  # anything unexpected (a bug)
+EX_CANTCREAT = 73  # an output file (config, HTML report) cannot be written
 EX_TEMPFAIL = 75  # `run` gave up on a provider in a crash loop
 
 EXIT_CODES: dict[type[Exception], int] = {
+    ApplyError: EX_CANTCREAT,
     AutotuneInputError: EX_USAGE,
     ConfigError: EX_USAGE,
     EngineDied: EX_SOFTWARE,
@@ -29,8 +34,13 @@ EXIT_CODES: dict[type[Exception], int] = {
     ModelLoadError: EX_DATAERR,
     ModelNotFoundError: EX_NOINPUT,
     PortUnavailable: EX_UNAVAILABLE,
+    ReportError: EX_NOINPUT,
+    ReportHtmlError: EX_CANTCREAT,
     ServeError: EX_SOFTWARE,
 }
+
+# The errors that are the operator's to fix: one line on stderr, no traceback.
+USER_ERRORS = tuple(EXIT_CODES)
 
 
 def exit_code_for(error: Exception) -> int:

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,20 +26,10 @@ from macprovider.actors.autotune_inputs import (
     DEFAULT_STAGE2_REPLICATES,
     DEFAULT_TARGET_CONTEXT,
     DEFAULT_TPS_TIE_EPSILON,
-    AutotuneInputError,
 )
-from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.store import DEFAULT_RETAIN_RUNS
-from macprovider.cli.exits import (
-    AUTOTUNE_EXIT_CODES,
-    EX_SOFTWARE,
-    EX_USAGE,
-    exit_code_for,
-    run_exit_code,
-)
-from macprovider.cli.log_listener import LogListener
+from macprovider.cli.exits import EX_USAGE, USER_ERRORS, exit_code_for, run_exit_code
 from macprovider.server.config import SERVE_OPTIONS, resolve_serve_config
-from macprovider.server.errors import ServeError
 from macprovider.server.models import resolve_model_path
 from macprovider.server.parent_guard import parent_fd
 
@@ -271,11 +260,47 @@ POSITIVE = FiniteFloatRange(min=0, min_open=True)
     help="Where provider logs go. [default: $XDG_STATE_HOME/macprovider]",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit 0; start and write nothing.")
+@click.option(
+    "--report-only",
+    is_flag=True,
+    help="Start nothing: print the latest run of --db-path again (with --json, as JSON).",
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Also print the recommendation beside the last run with the same machine and inputs.",
+)
+@click.option(
+    "--json",
+    "json_output",
+    is_flag=True,
+    help="Print only the result as one JSON document on stdout (progress goes to stderr).",
+)
+@click.option(
+    "--apply",
+    "apply_recommendation",
+    is_flag=True,
+    help="Write the recommendation to the config (model, kv_bits, max_context_override, "
+    "max_concurrency_override only; every other line kept; a backup beside it).",
+)
+@click.option(
+    "--config",
+    metavar="PATH",
+    help="The config --apply writes. [default: the one serve reads: $MACPROVIDER_CONFIG, "
+    "else $XDG_CONFIG_HOME/macprovider/config.yaml, else ~/.config/macprovider/config.yaml]",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Print each trial's figures as it finishes.")
 def autotune(
     db_path: Path | None,
     retain_runs: int,
     state_dir: Path | None,
     dry_run: bool,
+    report_only: bool,
+    compare: bool,
+    json_output: bool,
+    verbose: bool,
+    apply_recommendation: bool,
+    config: str | None,
     **options: Any,
 ) -> int:
     """Find the biggest model that fits this machine, then its best serving knobs.
@@ -287,41 +312,61 @@ def autotune(
 
     Exit codes: 0 recommendation, 2 nothing fits, 3 out of budget in Stage 1,
     4 out of budget in Stage 2 (partial recommendation), 64 bad flag, 65
-    pre-warm integrity failure, 69 port in use, 70 internal error, 130 interrupted.
+    pre-warm integrity failure, 66 no such run (--report-only), 69 port in use,
+    70 internal error, 73 --apply could not write the config, 130 interrupted.
     """
-    from macprovider.cli.autotune import (
-        AutotuneRun,
-        default_db_path,
-        settings_from_options,
-        tune,
-    )
-    from macprovider.cli.autotune_render import render_plan, render_report, render_timings
-    from macprovider.cli.run import default_state_dir
-    from macprovider.cli.run_report import candidate_sizes_b, load_report
+    from macprovider.cli.autotune_command import ApplyTo, Output, autotune_command
 
-    settings, warnings = settings_from_options(options)
-    for warning in warnings:
-        click.echo(f"{PROG}: warning: {warning}", err=True)
-    if dry_run:
-        click.echo(render_plan(settings, candidate_sizes_b(settings.candidates)))
-        return 0
-    job = AutotuneRun(
-        settings,
-        db_path or default_db_path(os.environ),
-        retain_runs,
-        state_dir or default_state_dir(os.environ),
+    return autotune_command(
+        options,
+        db_path=db_path,
+        retain_runs=retain_runs,
+        state_dir=state_dir,
+        dry_run=dry_run,
+        report_only=report_only,
+        output=Output(json_output, compare, verbose),
+        apply_to=ApplyTo(config) if apply_recommendation else None,
     )
-    started = time.monotonic()
-    outcome, summary, run = tune(job, LogListener())
-    wall_s = time.monotonic() - started
-    if summary is None:
-        click.echo(f"{PROG}: error: {outcome.failure or outcome.reason}", err=True)
-        return AUTOTUNE_EXIT_CODES.get(ExitReason(outcome.reason), EX_SOFTWARE)
-    if summary.detail and summary.exit_reason is not ExitReason.OK:
-        click.echo(f"{PROG}: {summary.exit_reason.value}: {summary.detail}", err=True)
-    click.echo(render_report(load_report(job.db_path, run.run_id)))
-    click.echo(render_timings(summary.timings, wall_s), err=True)
-    return AUTOTUNE_EXIT_CODES[summary.exit_reason]
+
+
+@cli.command()
+@click.option("--run", "run_id", metavar="ID", help="The run to show. [default: the latest]")
+@click.option(
+    "--db-path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The trials database. [default: as autotune's]",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the run as one self-contained HTML page (tables and a chart).",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print the run as JSON instead.")
+@click.option("--compare", is_flag=True, help="Also compare with the last like run.")
+def report(
+    run_id: str | None,
+    db_path: Path | None,
+    html_path: Path | None,
+    json_output: bool,
+    compare: bool,
+) -> int:
+    """Print an autotune run from the database again; nothing is started.
+
+    Exit codes: 0 shown, 66 no database or no such run, 73 the HTML file cannot be written.
+    """
+    from macprovider.cli.autotune import default_db_path
+    from macprovider.cli.autotune_command import Output, emit
+    from macprovider.cli.run_report import load_report
+
+    loaded = load_report(db_path or default_db_path(os.environ), run_id)
+    if html_path is not None:
+        from macprovider.cli.report_html import write_html
+
+        write_html(loaded, html_path)
+        click.echo(f"{PROG}: wrote {html_path}", err=True)
+    emit(loaded, Output(json_output, compare, verbose=False))
+    return 0
 
 
 def main() -> None:
@@ -348,7 +393,7 @@ def _invoke() -> int:
     except click.ClickException as error:
         error.show()
         return EX_USAGE
-    except (ServeError, AutotuneInputError) as error:
+    except USER_ERRORS as error:
         click.echo(f"{PROG}: error: {error}", err=True)
         return exit_code_for(error)
     return result if isinstance(result, int) else 0

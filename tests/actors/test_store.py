@@ -564,3 +564,20 @@ def test_store_actor_returns_store_errors_through_the_future(actor_db: Path) -> 
 
 if __name__ == "__main__":
     write_until_killed(Path(sys.argv[1]))
+
+
+def test_mark_applied_sets_the_flag_of_that_run_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        first, second = make_run("run-a"), make_run("run-b")
+        store.begin_run(first)
+        store.begin_run(second)
+        store.mark_applied("run-b")
+        assert [(run.start.run_id, run.applied) for run in store.runs()] == [
+            ("run-a", False),
+            ("run-b", True),
+        ]
+        with pytest.raises(UnknownRun):
+            store.mark_applied("run-z")
+    finally:
+        store.close()

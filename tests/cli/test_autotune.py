@@ -7,18 +7,26 @@ fit deterministically: 0.08 GB rejects `large` (≈0.097 GB at any knobs) and ad
 
 from __future__ import annotations
 
+import json
+import os
+import pty
+import re
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
+from jsonschema import Draft202012Validator
 
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.store import Store, StoredRun, StoredTrial
+from macprovider.cli.autotune_json import load_schema
+from macprovider.server.config import resolve_serve_config
 from tests.conftest import clean_env, free_port, model_variant, supervise_argv, wait_until
 
 RUN_TIMEOUT = 240.0
@@ -332,3 +340,144 @@ def test_a_budget_spent_in_stage1_selects_no_model(autotune: Autotune, models: M
     run = done.runs()[-1]
     assert run.exit_reason is ExitReason.BUDGET_EXHAUSTED_NO_MODEL_SELECTED
     assert run.recommendation_json is None
+
+
+def test_json_is_the_only_stdout_and_matches_the_schema(autotune: Autotune, models: Models) -> None:
+    done = autotune.run("--candidate-models", models("tiny"), *QUICK, *ONE_CELL, "--json", "-v")
+    assert done.code == 0, done.stderr
+    document = json.loads(done.stdout)  # nothing else on stdout
+    Draft202012Validator(load_schema()).validate(document)
+    assert document["exit_reason"] == "ok" and document["partial"] is False
+    assert document["recommendation"]["knobs"] == {
+        "kv_bits": None,
+        "max_concurrency_override": 1,
+        "max_context_override": 40,
+    }
+    assert "--kv-bits" not in document["recommendation"]["serve_command"]
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", document["recipe_hash"])
+    assert done.runs()[-1].recipe_hash == document["recipe_hash"]
+    # Plain progress on stderr (not a terminal), and with -v each trial's figures.
+    assert "stage 1: biggest model that fits" in done.stderr
+    assert "stage 2 [1/1]" in done.stderr and "tok/s" in done.stderr
+
+
+def test_report_only_and_compare_read_the_database(autotune: Autotune, models: Models) -> None:
+    first = autotune.run("--candidate-models", models("tiny"), *QUICK, *ONE_CELL)
+    assert first.code == 0, first.stderr
+    again = autotune.run("--report-only")
+    assert again.code == 0 and again.stdout == first.stdout  # the same block, from the DB
+    assert (
+        not list((autotune.state_dir / "logs").glob("*"))
+        or len(list((autotune.state_dir / "logs").glob("*"))) == 2
+    )  # no provider started by --report-only (two from the run)
+    second = autotune.run("--candidate-models", models("tiny"), *QUICK, *ONE_CELL, "--compare")
+    first_id = first.runs()[0].start.run_id  # read after both runs: the older one
+    assert f"COMPARED WITH run {first_id}" in second.stdout
+    assert "--max-batch:     1 (unchanged)" in second.stdout
+
+
+def test_report_only_without_a_database_exits_66(autotune: Autotune) -> None:
+    done = autotune.run("--report-only")
+    assert done.code == 66
+    assert f"no autotune database at {autotune.db_path}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+CONFIG_YAML = """\
+# the operator's own notes
+port: 18080
+provider_token: "tok-123"   # keep me
+kv_bits: 4
+
+nested:
+  coordinator_endpoint: https://pool.example
+"""
+
+
+def test_apply_writes_the_owned_keys_only_and_records_it(
+    autotune: Autotune, models: Models, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG_YAML)
+    config.chmod(0o600)
+    args = ("--candidate-models", models("tiny"), *QUICK, *ONE_CELL, "--apply")
+    done = autotune.run(*args, "--config", str(config))
+    assert done.code == 0, done.stderr
+    [backup] = tmp_path.glob("config.yaml.bak-*-0")
+    assert done.stdout.splitlines()[-1] == f"applied: {config} (backup: {backup})"
+    assert backup.read_text() == CONFIG_YAML and backup.stat().st_mode & 0o777 == 0o600
+    text = config.read_text()
+    assert text.startswith("# the operator's own notes\nport: 18080\n")
+    assert 'provider_token: "tok-123"   # keep me\n' in text and "kv_bits" not in text
+    assert f"model: {models('tiny')}\n" in text and "max_context_override: 40\n" in text
+    assert "systemctl --user restart macprovider.service" in done.stderr
+    assert done.runs()[-1].applied
+    resolved = resolve_serve_config({"config": str(config)}, {}, ram_bytes=24 * 10**9)
+    assert (resolved.model, resolved.kv_bits, resolved.max_context, resolved.max_batch) == (
+        models("tiny"), None, 40, 1,
+    )  # fmt: skip
+
+
+def test_a_partial_recommendation_is_not_applied(
+    autotune: Autotune, models: Models, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG_YAML)
+    first = autotune.run("--candidate-models", models("tiny"), *QUICK, *ONE_CELL)
+    assert first.code == 0
+    store = Store(autotune.db_path)
+    try:  # make the stored run look cut short by the budget
+        store._conn.execute(
+            "UPDATE tune_runs SET exit_reason = 'budget_exhausted_with_partial_recommendation'"
+        )
+    finally:
+        store.close()
+    done = autotune.run("--report-only", "--apply", "--config", str(config))
+    assert done.code == 0
+    assert "RECOMMENDATION (PARTIAL" in done.stdout
+    assert "not applied: the run ended with a PARTIAL recommendation" in done.stderr
+    assert config.read_text() == CONFIG_YAML and not list(tmp_path.glob("*.bak-*"))
+
+
+def test_report_writes_the_html_page(autotune: Autotune, models: Models, tmp_path: Path) -> None:
+    done = autotune.run("--candidate-models", models("tiny"), *QUICK, "--kv-bits-axis", "unset,8")
+    assert done.code == 0, done.stderr
+    page = tmp_path / "run.html"
+    shown = subprocess.run(
+        supervise_argv("report", "--db-path", str(autotune.db_path), "--html", str(page)),
+        capture_output=True, text=True, env=clean_env(), timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == done.stdout.split("\napplied:")[0]
+    html = page.read_text()
+    assert "<svg" in html and html.count("<table") >= 2
+
+
+def test_a_terminal_gets_a_live_progress_line(autotune: Autotune, models: Models) -> None:
+    leader, follower = pty.openpty()
+    argv = autotune.argv("--candidate-models", models("tiny"), *QUICK, *ONE_CELL)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=follower, env=clean_env())
+    os.close(follower)  # the child holds its own copy; EOF comes when it exits
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_drain, args=(leader, chunks))
+    reader.start()  # a full terminal buffer would block the child: read while it runs
+    try:
+        stdout, _ = proc.communicate(timeout=RUN_TIMEOUT)
+        reader.join(timeout=10)
+    finally:
+        os.close(leader)
+    seen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "budget left" in seen and "stage 2 · cell 1/1" in seen
+    assert "RECOMMENDATION" in stdout.decode()
+
+
+def _drain(fd: int, chunks: list[bytes]) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            return
+        if not chunk:
+            return
+        chunks.append(chunk)
