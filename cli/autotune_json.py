@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Final
 
-from macprovider.actors.recommendation import Infeasible, recipe_hash
+from macprovider.actors.recommendation import Infeasible
 from macprovider.actors.store import RunStart
 from macprovider.cli.run_report import RunReport
 
@@ -40,7 +40,7 @@ def run_document(report: RunReport) -> dict[str, Any]:
         "recommendation": None if recommendation is None else recommendation.as_json(),
         "alternates": list(report.alternates),
         "infeasible": [_infeasible(row) for row in report.infeasible],
-        "recipe_hash": _recipe_hash(report),
+        "recipe_hash": report.recipe_hash(),
         "db_path": str(report.db_path),
         "exit_reason": None if report.exit_reason is None else report.exit_reason.value,
         # Last, so the frozen fields keep DESIGN §5's order; true exactly when a
@@ -95,20 +95,3 @@ def _inputs(start: RunStart) -> dict[str, Any]:
 
 def _infeasible(row: Infeasible) -> dict[str, Any]:
     return {"model": row.model, "rank": row.rank, "reason": row.reason}
-
-
-def _recipe_hash(report: RunReport) -> str | None:
-    """The stored hash; for a run recorded before hashes were stored, the same function over
-    the same stored fields (the hash depends on nothing else), so such a run still has one."""
-    if report.recommendation is None:
-        return None
-    if report.run.recipe_hash is not None:
-        return report.run.recipe_hash
-    start = report.run.start
-    return recipe_hash(
-        report.recommendation,
-        binary_version=start.binary_version,
-        candidate_models=start.candidate_models,
-        chip=start.machine_chip,
-        ram_gb=start.machine_ram_gb,
-    )

@@ -175,7 +175,7 @@ def _inputs(report: RunReport) -> str:
         ("OS", start.machine_os_version),
         ("binary version", start.binary_version),
         ("spec version", start.spec_version),
-        ("recipe hash", report.run.recipe_hash or "none (no recommendation)"),
+        ("recipe hash", report.recipe_hash() or "none (no recommendation)"),
         ("applied", "yes" if report.run.applied else "no"),
         ("database", str(report.db_path)),
     ]

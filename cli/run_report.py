@@ -19,6 +19,7 @@ from macprovider.actors.recommendation import (
     Recommendation,
     alternates,
     infeasible_report,
+    recipe_hash,
 )
 from macprovider.actors.store import Store, StoredRun, StoredTrial
 from macprovider.actors.tuner import CUT_SHORT_NOTES
@@ -46,6 +47,22 @@ class RunReport:
 
     def stage(self, stage: int) -> tuple[StoredTrial, ...]:
         return tuple(trial for trial in self.trials if trial.record.stage == stage)
+
+    def recipe_hash(self) -> str | None:
+        """The stored hash; for a run recorded before hashes were stored, the same function over
+        the same stored fields (the hash depends on nothing else), so such a run still has one."""
+        if self.recommendation is None:
+            return None
+        if self.run.recipe_hash is not None:
+            return self.run.recipe_hash
+        start = self.run.start
+        return recipe_hash(
+            self.recommendation,
+            binary_version=start.binary_version,
+            candidate_models=start.candidate_models,
+            chip=start.machine_chip,
+            ram_gb=start.machine_ram_gb,
+        )
 
     def problem(self) -> str | None:
         """The note that ended a run on a damaged model, if it did."""
