@@ -215,6 +215,7 @@ DEFAULT_PORT = 18080
 DEFAULT_PROBE_MAX_TOKENS = 48
 DEFAULT_READY_TIMEOUT_S = 150.0
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
+DEFAULT_DRAIN_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,8 @@ class TuneSettings:
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     provider_memory_limit_gb: float | None = None
+    drain: bool = False  # stop a live provider before tuning (and restore it after)
+    drain_grace_s: float = DEFAULT_DRAIN_GRACE_S
 
     def stage1_context(self) -> int:
         """Stage 1's context cap: the target prompt and its answer, so a memory budget is

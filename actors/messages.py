@@ -5,8 +5,9 @@ Replies travel as pykka futures; what a future resolves to is one of these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,57 @@ class LoadFailed:
 
     reason: str
     exited: bool  # it died during load (out of memory, unloadable weights, …)
+
+
+# --- provider conflicts: detect, drain, restore (DESIGN §5 Conflicts, issue 6) -------------
+
+FindingKind = Literal["launchd", "systemd", "foreground", "port"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One live provider found before tuning, or a listener on the tuning port.
+
+    `name` is what the operator reads first: `launchd-managed`, `systemd-managed`,
+    `foreground-PID-<n>` or `port-<p>-in-use`. A foreground finding records how to start
+    the process again (`argv`, `cwd`, `env`), read before it was signalled.
+    """
+
+    kind: FindingKind
+    name: str
+    detail: str  # one line: the label or unit, the command line, what listens
+    pid: int | None = None  # the process to watch (a service's main PID, the port's holder)
+    argv: tuple[str, ...] = ()
+    cwd: str | None = None
+    # Not in repr: an environment holds tokens, and findings get logged and printed.
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    service: str | None = None  # the launchd label or systemd unit a command names
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What a restore did, one line per drained finding.
+
+    `failed` lines end with the command to run by hand; `not_restarted` holds the
+    foreground processes left stopped on purpose (no `--restart-foreground`), each with
+    the command line that starts it again. Only `failed` means the restore went wrong.
+    """
+
+    restored: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    not_restarted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Drained:
+    """Everything found was stopped and the port is free."""
+
+    stopped: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class DrainFailed:
+    """A finding would not go (or cannot be stopped by us); what was stopped is restored."""
+
+    reason: str
+    restore: RestoreReport

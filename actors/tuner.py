@@ -25,8 +25,9 @@ from typing import Any, Final, TypeVar, cast
 import pykka
 
 from macprovider.actors.autotune_inputs import TuneSettings
+from macprovider.actors.drain import DrainProxy, conflict_message
 from macprovider.actors.exit_reasons import ExitReason
-from macprovider.actors.messages import Knobs, Loaded, LoadFailed, ProbeSpec
+from macprovider.actors.messages import DrainFailed, Knobs, Loaded, LoadFailed, ProbeSpec
 from macprovider.actors.prewarm import (
     PrewarmError,
     PrewarmIntegrityError,
@@ -35,7 +36,7 @@ from macprovider.actors.prewarm import (
 )
 from macprovider.actors.probe import ProbeProxy
 from macprovider.actors.probe_prompt import ProbePrompt, build_probe_prompt, load_prompt_tokenizer
-from macprovider.actors.provider import ProviderProxy, port_is_free
+from macprovider.actors.provider import ProviderProxy
 from macprovider.actors.recommendation import (
     Recommendation,
     recipe_hash,
@@ -141,6 +142,7 @@ class Peers:
     prewarm: PrewarmProxy
     provider: ProviderProxy
     probe: ProbeProxy
+    drain: DrainProxy
 
 
 @dataclass(frozen=True)
@@ -211,13 +213,7 @@ class Tuner:
     # --- stages ---
 
     def _tune(self) -> ExitReason:
-        port = self._settings.port
-        if not port_is_free(port):
-            raise _Stop(
-                ExitReason.PROVIDER_CONFLICT,
-                f"port-{port}-in-use: something already listens on 127.0.0.1:{port};"
-                " stop it, or tune on another --port",
-            )
+        self._preflight()
         chosen = self._stage1()
         if chosen is None:
             target = self._settings.target_context
@@ -227,6 +223,20 @@ class Tuner:
         if self._best is None:
             raise _Stop(ExitReason.NO_FEASIBLE, f"no Stage 2 cell of {chosen.model} was feasible")
         return ExitReason.OK
+
+    def _preflight(self) -> None:
+        """Before any start: is a provider already live? Refuse, or (`--drain`) stop it; the
+        DrainActor restores it when the run ends, whatever the ending."""
+        findings = self._call(self._peers.drain.detect(), 0)
+        if not findings:
+            return
+        if not self._settings.drain:
+            message = conflict_message(findings, self._settings.port)
+            raise _Stop(ExitReason.PROVIDER_CONFLICT, message)
+        drained = self._call(self._peers.drain.drain(findings), self._settings.drain_grace_s)
+        if isinstance(drained, DrainFailed):
+            raise _Stop(ExitReason.PROVIDER_CONFLICT, drained.reason)
+        log.info("drained: %s", ", ".join(finding.name for finding in drained.stopped))
 
     def _stage1(self) -> _Prepared | None:
         candidates = self._settings.candidates

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +31,10 @@ from macprovider.actors.autotune_inputs import (
     parse_max_context_axis,
     resolve_candidates,
 )
+from macprovider.actors.drain import start_drain_actor
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.machine import SPEC_VERSION, describe_machine
-from macprovider.actors.messages import RunOutcome
+from macprovider.actors.messages import RestoreReport, RunOutcome
 from macprovider.actors.prewarm import start_prewarm_actor
 from macprovider.actors.probe import start_probe_actor
 from macprovider.actors.provider import ProcessGroups, start_provider_actor
@@ -44,6 +45,7 @@ from macprovider.actors.tuner import Peers, TuneListener, Tuner, TuneSummary, st
 
 ENV_PREFIX = "MACPROVIDER_"
 STORE_CALL_TIMEOUT_S = 30.0
+RESTORE_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class AutotuneRun:
     db_path: Path
     retain_runs: int
     state_dir: Path
+    restart_foreground: bool = False
 
 
 def new_run_id(now: datetime) -> str:
@@ -88,15 +91,32 @@ def provider_env(env: Mapping[str, str], state_dir: Path) -> dict[str, str]:
     return isolated
 
 
-def tune(
-    job: AutotuneRun, listener: TuneListener
-) -> tuple[RunOutcome, TuneSummary | None, RunStart]:
-    """Runs the whole autotune; returns how the Supervisor ended and the tuner's summary
-    (None when the tuner itself failed)."""
+@dataclass(frozen=True)
+class TuneResult:
+    """How a run ended: the Supervisor's outcome, the tuner's summary (None when the tuner
+    itself failed), the run row's start, what the restore of a drained provider did, and an
+    error of the step run just before that restore (`--apply`)."""
+
+    outcome: RunOutcome
+    summary: TuneSummary | None
+    run: RunStart
+    restore: RestoreReport | None
+    before_restore_error: Exception | None
+
+
+BeforeRestore = Callable[[str], None]
+
+
+def tune(job: AutotuneRun, listener: TuneListener, before_restore: BeforeRestore) -> TuneResult:
+    """Runs the whole autotune under a Supervisor. `before_restore(run_id)` runs once the
+    tuner, providers and DB are stopped and just before a drained provider is restored, so
+    that `--apply` writes the config the restored service then reads."""
     run = run_start(job.settings, datetime.now(UTC))
     cancel = threading.Event()
     groups = ProcessGroups()
     summaries: list[TuneSummary] = []
+    restores: list[RestoreReport] = []
+    errors: list[Exception] = []
     actors: dict[str, Any] = {}
 
     def start(name: str, proxy: Any) -> pykka.ActorRef[Any]:
@@ -105,12 +125,31 @@ def tune(
         return ref
 
     def tuner(supervisor: SupervisorProxy) -> pykka.ActorRef[Any]:
-        peers = Peers(actors["store"], actors["prewarm"], actors["provider"], actors["probe"])
+        names = ("store", "prewarm", "provider", "probe", "drain")
+        peers = Peers(*(actors[name] for name in names))
         return start_tuner(
             Tuner(job.settings, run, peers, cancel, listener), supervisor, summaries.append
         )
 
+    def restore_drained(_: RunOutcome) -> None:
+        try:
+            before_restore(run.run_id)
+        except Exception as error:  # reported by the caller; the restore must still run
+            errors.append(error)
+        restores.append(actors["drain"].restore().get(timeout=RESTORE_TIMEOUT_S))
+
+    def drain(_: SupervisorProxy) -> pykka.ActorRef[Any]:
+        settings = job.settings
+        proxy = start_drain_actor(
+            settings.port,
+            drain_grace_s=settings.drain_grace_s,
+            restart_foreground=job.restart_foreground,
+        )
+        return start("drain", proxy)
+
     children = [
+        # First started, last stopped: the restore comes after everything else has ended.
+        ChildSpec("drain", drain, finalize=restore_drained),
         ChildSpec(
             "store",
             lambda _: start("store", start_store_actor(job.db_path, retain_runs=job.retain_runs)),
@@ -137,7 +176,9 @@ def tune(
         ChildSpec("tuner", tuner, finalize=lambda _: cancel.set()),
     ]
     outcome = supervise(children, groups, stop_reason=ExitReason.INTERRUPTED.value)
-    return outcome, (summaries[0] if summaries else None), run
+    summary = summaries[0] if summaries else None
+    restore = restores[0] if restores else None
+    return TuneResult(outcome, summary, run, restore, errors[0] if errors else None)
 
 
 def _close_open_run(store: StoreProxy, run_id: str, outcome: RunOutcome) -> None:
@@ -184,5 +225,7 @@ def settings_from_options(options: Mapping[str, Any]) -> tuple[TuneSettings, tup
         ready_timeout_s=options["ready_timeout"],
         request_timeout_s=options["request_timeout"],
         provider_memory_limit_gb=options["provider_memory_limit_gb"],
+        drain=options["drain"],
+        drain_grace_s=options["drain_grace"],
     )
     return settings, candidates.warnings

@@ -20,23 +20,31 @@ import click
 from rich.console import Console
 
 from macprovider.actors.exit_reasons import ExitReason
+from macprovider.actors.messages import RestoreReport
 from macprovider.actors.store import Store
 from macprovider.actors.tuner import TuneListener
 from macprovider.cli.apply import (
+    Applied,
     applied_line,
     apply_to_config,
     config_path,
     owned_values,
     restart_hint,
 )
-from macprovider.cli.autotune import AutotuneRun, default_db_path, settings_from_options, tune
+from macprovider.cli.autotune import (
+    AutotuneRun,
+    TuneResult,
+    default_db_path,
+    settings_from_options,
+    tune,
+)
 from macprovider.cli.autotune_render import (
     render_comparison,
     render_plan,
     render_report,
     render_timings,
 )
-from macprovider.cli.exits import AUTOTUNE_EXIT_CODES, EX_SOFTWARE
+from macprovider.cli.exits import AUTOTUNE_EXIT_CODES, EX_RESTORE_FAILED, EX_SOFTWARE
 from macprovider.cli.progress import LiveProgress, PlainProgress
 from macprovider.cli.run import default_state_dir
 from macprovider.cli.run_report import (
@@ -75,6 +83,7 @@ def autotune_command(
     report_only: bool,
     output: Output,
     apply_to: ApplyTo | None,
+    restart_foreground: bool,
 ) -> int:
     settings, warnings = settings_from_options(options)
     for warning in warnings:
@@ -84,37 +93,83 @@ def autotune_command(
         click.echo(render_plan(settings, candidate_sizes_b(settings.candidates)))
         return 0
     if report_only:
-        report = load_report(db)
-        emit(report, output)
-        if apply_to is not None:  # apply what an earlier run found, without tuning again
-            apply_recommendation(report, apply_to, output)
+        _report_only(db, output, apply_to)
         return 0
-    job = AutotuneRun(settings, db, retain_runs, state_dir or default_state_dir(os.environ))
-    started = time.monotonic()
-    with _progress(settings.max_duration_s, output) as listener:
-        outcome, summary, run = tune(job, listener)
-    wall_s = time.monotonic() - started
-    if summary is None:
-        click.echo(f"{PROG}: error: {outcome.failure or outcome.reason}", err=True)
-        return AUTOTUNE_EXIT_CODES.get(ExitReason(outcome.reason), EX_SOFTWARE)
-    if summary.detail and summary.exit_reason is not ExitReason.OK:
-        click.echo(f"{PROG}: {summary.exit_reason.value}: {summary.detail}", err=True)
-    report = load_report(db, run.run_id)
+    state = state_dir or default_state_dir(os.environ)
+    job = AutotuneRun(settings, db, retain_runs, state, restart_foreground)
+    return _tune_and_print(job, output, apply_to)
+
+
+def _report_only(db: Path, output: Output, apply_to: ApplyTo | None) -> None:
+    report = load_report(db)
     emit(report, output)
-    click.echo(render_timings(summary.timings, wall_s), err=True)
-    if apply_to is not None:
-        apply_recommendation(report, apply_to, output)
-    return AUTOTUNE_EXIT_CODES[summary.exit_reason]
+    if apply_to is not None:  # apply what an earlier run found, without tuning again
+        applied = apply_recommendation(report, apply_to)
+        if applied is not None:
+            _print_applied(applied, output, restarted=False)
 
 
-def apply_recommendation(report: RunReport, apply_to: ApplyTo, output: Output) -> None:
+def _tune_and_print(job: AutotuneRun, output: Output, apply_to: ApplyTo | None) -> int:
+    applied: list[Applied | None] = []
+
+    def before_restore(run_id: str) -> None:
+        if apply_to is not None:
+            applied.append(apply_recommendation(load_report(job.db_path, run_id), apply_to))
+
+    started = time.monotonic()
+    with _progress(job.settings.max_duration_s, output) as listener:
+        result = tune(job, listener, before_restore)
+    wall_s = time.monotonic() - started
+    code = _finish(result, job.db_path, output, wall_s, applied[0] if applied else None)
+    if result.before_restore_error is not None:
+        raise result.before_restore_error  # e.g. ApplyError: one line and its exit code
+    return code
+
+
+def _finish(
+    result: TuneResult, db: Path, output: Output, wall_s: float, applied: Applied | None
+) -> int:
+    """Prints how the run ended (result on stdout, the rest on stderr); the exit code."""
+    summary = result.summary
+    if summary is None:
+        outcome = result.outcome
+        click.echo(f"{PROG}: error: {outcome.failure or outcome.reason}", err=True)
+        code = AUTOTUNE_EXIT_CODES.get(ExitReason(outcome.reason), EX_SOFTWARE)
+    else:
+        if summary.detail and summary.exit_reason is not ExitReason.OK:
+            click.echo(f"{PROG}: {summary.exit_reason.value}: {summary.detail}", err=True)
+        report = load_report(db, result.run.run_id)
+        emit(report, output)
+        click.echo(render_timings(summary.timings, wall_s), err=True)
+        code = AUTOTUNE_EXIT_CODES[summary.exit_reason]
+    if applied is not None:
+        restarted = result.restore is not None and bool(result.restore.restored)
+        _print_applied(applied, output, restarted)
+    return _restore_outcome(result.restore, code)
+
+
+def _restore_outcome(restore: RestoreReport | None, code: int) -> int:
+    """A drained provider that could not be restored overrides the exit code: the operator
+    must act (the manual command is printed)."""
+    if restore is None:
+        return code
+    for line in restore.restored:
+        click.echo(f"{PROG}: restored: {line}", err=True)
+    for line in restore.not_restarted:
+        click.echo(f"{PROG}: not restarted: {line}", err=True)
+    for line in restore.failed:
+        click.echo(f"{PROG}: error: restore failed: {line}", err=True)
+    return EX_RESTORE_FAILED if restore.failed else code
+
+
+def apply_recommendation(report: RunReport, apply_to: ApplyTo) -> Applied | None:
     """Writes a complete recommendation to the config; a partial one is refused (it is the best
     of an unfinished search, not what autotune would recommend), and so is none."""
     recommendation = report.recommendation
     if recommendation is None or recommendation.partial:
         what = "no recommendation" if recommendation is None else "a PARTIAL recommendation"
         click.echo(f"{PROG}: not applied: the run ended with {what}", err=True)
-        return
+        return None
     values = owned_values(recommendation.model, recommendation.knobs())
     applied = apply_to_config(config_path(apply_to.config, os.environ), values)
     if applied.changed:
@@ -123,9 +178,13 @@ def apply_recommendation(report: RunReport, apply_to: ApplyTo, output: Output) -
             store.mark_applied(report.run.start.run_id)
         finally:
             store.close()
+    return applied
+
+
+def _print_applied(applied: Applied, output: Output, restarted: bool) -> None:
     # With --json, stdout holds the document alone.
     click.echo(applied_line(applied), err=output.json)
-    if applied.changed:
+    if applied.changed and not restarted:  # a restored service already reads the new config
         click.echo(f"{PROG}: hint: {restart_hint()}", err=True)
 
 

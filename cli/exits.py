@@ -7,6 +7,7 @@ from macprovider.actors.exit_reasons import ExitReason
 from macprovider.cli.apply import ApplyError
 from macprovider.cli.report_html import ReportHtmlError
 from macprovider.cli.run_report import ReportError
+from macprovider.cli.service import ServiceError
 from macprovider.server.errors import (
     ConfigError,
     EngineDied,
@@ -23,6 +24,7 @@ EX_NOINPUT = 66  # the model id or path resolves to nothing on this machine
 EX_UNAVAILABLE = 69  # the address to listen on is taken
 EX_SOFTWARE = 70  # anything unexpected (a bug)
 EX_CANTCREAT = 73  # an output file (config, HTML report) cannot be written
+EX_RESTORE_FAILED = 71  # autotune drained a provider and could not start it again
 EX_TEMPFAIL = 75  # `run` gave up on a provider in a crash loop
 
 EXIT_CODES: dict[type[Exception], int] = {
@@ -37,6 +39,7 @@ EXIT_CODES: dict[type[Exception], int] = {
     ReportError: EX_NOINPUT,
     ReportHtmlError: EX_CANTCREAT,
     ServeError: EX_SOFTWARE,
+    ServiceError: EX_CANTCREAT,
 }
 
 # The errors that are the operator's to fix: one line on stderr, no traceback.

@@ -14,6 +14,7 @@ import click
 import psutil
 
 from macprovider.actors.autotune_inputs import (
+    DEFAULT_DRAIN_GRACE_S,
     DEFAULT_GATE_TTFT_MS,
     DEFAULT_KV_BITS_AXIS,
     DEFAULT_MAX_BATCH_AXIS,
@@ -29,6 +30,7 @@ from macprovider.actors.autotune_inputs import (
 )
 from macprovider.actors.store import DEFAULT_RETAIN_RUNS
 from macprovider.cli.exits import EX_USAGE, USER_ERRORS, exit_code_for, run_exit_code
+from macprovider.cli.service import service
 from macprovider.server.config import SERVE_OPTIONS, resolve_serve_config
 from macprovider.server.models import resolve_model_path
 from macprovider.server.parent_guard import parent_fd
@@ -289,6 +291,27 @@ POSITIVE = FiniteFloatRange(min=0, min_open=True)
     help="The config --apply writes. [default: the one serve reads: $MACPROVIDER_CONFIG, "
     "else $XDG_CONFIG_HOME/macprovider/config.yaml, else ~/.config/macprovider/config.yaml]",
 )
+@click.option(
+    "--drain",
+    is_flag=True,
+    help="If a provider is already live (launchd, systemd --user, a foreground serve), stop it "
+    "gracefully before tuning and restore it afterwards, whatever the ending. "
+    "[default: refuse to start]",
+)
+@click.option(
+    "--drain-grace",
+    type=POSITIVE,
+    default=DEFAULT_DRAIN_GRACE_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a drained provider may take to free the port (never SIGKILLed).",
+)
+@click.option(
+    "--restart-foreground",
+    is_flag=True,
+    help="With --drain: start a drained foreground serve again afterwards, from its own "
+    "command line, folder and environment.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Print each trial's figures as it finishes.")
 def autotune(
     db_path: Path | None,
@@ -301,6 +324,7 @@ def autotune(
     verbose: bool,
     apply_recommendation: bool,
     config: str | None,
+    restart_foreground: bool,
     **options: Any,
 ) -> int:
     """Find the biggest model that fits this machine, then its best serving knobs.
@@ -312,8 +336,9 @@ def autotune(
 
     Exit codes: 0 recommendation, 2 nothing fits, 3 out of budget in Stage 1,
     4 out of budget in Stage 2 (partial recommendation), 64 bad flag, 65
-    pre-warm integrity failure, 66 no such run (--report-only), 69 port in use,
-    70 internal error, 73 --apply could not write the config, 130 interrupted.
+    pre-warm integrity failure, 66 no such run (--report-only), 69 a provider is
+    already live (see --drain), 70 internal error, 71 a drained provider could
+    not be restored, 73 --apply could not write the config, 130 interrupted.
     """
     from macprovider.cli.autotune_command import ApplyTo, Output, autotune_command
 
@@ -326,6 +351,7 @@ def autotune(
         report_only=report_only,
         output=Output(json_output, compare, verbose),
         apply_to=ApplyTo(config) if apply_recommendation else None,
+        restart_foreground=restart_foreground,
     )
 
 
@@ -367,6 +393,9 @@ def report(
         click.echo(f"{PROG}: wrote {html_path}", err=True)
     emit(loaded, Output(json_output, compare, verbose=False))
     return 0
+
+
+cli.add_command(service)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import pytest
 from huggingface_hub import constants
 
 from macprovider.actors.autotune_inputs import TuneSettings
+from macprovider.actors.drain import DrainProxy, start_drain_actor
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.messages import RunOutcome
 from macprovider.actors.prewarm import PrewarmProxy
@@ -129,11 +130,12 @@ class Rig:
     provider: ProviderProxy
     prewarm: PrewarmProxy
     probe: ProbeProxy
+    drain: DrainProxy
     prewarmed: list[str] = field(default_factory=list)
     calls: list[ProbeCall] = field(default_factory=list)
 
     def peers(self) -> Peers:
-        return Peers(self.store, self.prewarm, self.provider, self.probe)
+        return Peers(self.store, self.prewarm, self.provider, self.probe, self.drain)
 
     def tuner(self) -> Tuner:
         return Tuner(self.settings, self.run, self.peers(), self.cancel, clock=self.clock)
@@ -221,6 +223,8 @@ def make_rig(tmp_path: Path) -> Iterator[MakeRig]:
         calls: list[ProbeCall] = []
         probe = start_scripted_probe(provider, script, calls)
         started.append(probe.actor_ref)
+        drain = start_drain_actor(settings.port)
+        started.append(drain.actor_ref)
         return Rig(
             settings=settings,
             run=run_start(f"test-{uuid.uuid4().hex[:8]}", settings),
@@ -231,6 +235,7 @@ def make_rig(tmp_path: Path) -> Iterator[MakeRig]:
             provider=provider,
             prewarm=prewarm,
             probe=probe,
+            drain=drain,
             prewarmed=prewarmed,
             calls=calls,
         )
@@ -959,7 +964,8 @@ def run_supervised(
         summaries.append(summary)
 
     def tuner(supervisor: SupervisorProxy) -> pykka.ActorRef[Any]:
-        peers = Peers(actors["store"], actors["prewarm"], actors["provider"], actors["probe"])
+        names = ("store", "prewarm", "provider", "probe", "drain")
+        peers = Peers(*(actors[name] for name in names))
         tuner = Tuner(settings, run, peers, cancel, clock=FakeClock())
         return start_tuner(tuner, supervisor, report)
 
@@ -969,6 +975,7 @@ def run_supervised(
         done.set()
 
     children = [
+        ChildSpec("drain", lambda _: start("drain", start_drain_actor(settings.port))),
         ChildSpec("store", lambda _: start("store", start_store_actor(db))),
         ChildSpec("provider", provider),
         ChildSpec("prewarm", prewarm),

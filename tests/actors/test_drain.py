@@ -1,0 +1,744 @@
+"""DrainActor: the pure decisions (launchctl output, the command-line matcher, the manual
+commands, the conflict message), then detect / drain / restore against fake `launchctl`
+and `systemctl` first on PATH and real stand-in providers named like the real one.
+
+Other sessions may run real providers on this machine at the same time: tests only ever
+drain findings they made themselves, and look foreground findings up by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from macprovider.actors.drain import (
+    DrainProxy,
+    DrainRefused,
+    LaunchdEntry,
+    ServiceNames,
+    conflict_message,
+    manual_restore_command,
+    manual_stop_command,
+    parse_launchctl_list,
+    plist_path_from_print,
+    provider_subcommand,
+    start_drain_actor,
+)
+from macprovider.actors.messages import Drained, DrainFailed, Finding, RestoreReport
+from macprovider.actors.provider import port_is_free
+from tests.actors.fake_services import (
+    PARENT_BODY,
+    STANDIN_BODY,
+    FakeServices,
+    write_program,
+)
+from tests.conftest import clean_env, free_port, wait_until
+
+LABEL = "live.streamvc.macprovider"
+UNIT = "macprovider.service"
+UID = os.getuid()
+ACTOR_TIMEOUT = 30.0  # every future: a wedged actor fails the test instead of hanging it
+GRACE = 1.0  # the drain grace in tests: short, so a process that will not go fails fast
+UP_TIMEOUT = 10.0
+
+# --- launchctl output ----------------------------------------------------------------------
+
+LIST_HEADER = "PID\tStatus\tLabel\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "entry"),
+    [
+        (LIST_HEADER + f"812\t0\t{LABEL}\n", LaunchdEntry(812, "0")),
+        (LIST_HEADER + f"-\t0\t{LABEL}\n", LaunchdEntry(None, "0")),
+        (LIST_HEADER + f"-\t-15\t{LABEL}\n", LaunchdEntry(None, "-15")),
+        (LIST_HEADER + f"-\t0\tcom.apple.x\n77\t0\t{LABEL}\n", LaunchdEntry(77, "0")),
+        (f"  90   0   {LABEL}  \n", LaunchdEntry(90, "0")),  # spaces instead of tabs
+        (LIST_HEADER + f"1\t0\t{LABEL}.helper\n", None),
+        (LIST_HEADER + f"1\t0\tcom.example.{LABEL}\n", None),
+        (LIST_HEADER + "1\t0\tlive.streamvc\n", None),
+        (LIST_HEADER, None),
+        ("", None),
+        (f"{LABEL}\n", None),
+    ],
+)
+def test_launchctl_list_matches_the_label_column_exactly(
+    text: str, entry: LaunchdEntry | None
+) -> None:
+    assert parse_launchctl_list(text, LABEL) == entry
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (f"gui/501/{LABEL} = {{\n\tactive count = 1\n\tpath = /U/x/{LABEL}.plist\n}}", True),
+        (f"gui/501/{LABEL} = {{\n\tstate = running\n}}", False),
+        ("\tpath = /tmp/not-a-plist\n", False),
+    ],
+)
+def test_the_plist_path_comes_from_launchctl_print(text: str, path: bool) -> None:
+    assert plist_path_from_print(text) == (Path(f"/U/x/{LABEL}.plist") if path else None)
+
+
+# --- the command-line matcher --------------------------------------------------------------
+
+VENV = "/opt/venv/bin"
+
+
+@pytest.mark.parametrize(
+    ("argv", "subcommand"),
+    [
+        (["macprovider-supervise", "serve", "--port", "1"], "serve"),
+        (["/usr/local/bin/macprovider-supervise", "serve"], "serve"),
+        (["macprovider-cli", "serve", "--no-join"], "serve"),  # the legacy name
+        ([f"{VENV}/python3.11", f"{VENV}/macprovider-supervise", "serve"], "serve"),
+        (["python", "-u", "-X", "dev", "./macprovider-supervise", "serve"], "serve"),
+        (["python3", "-m", "macprovider.cli", "serve", "--no-join"], "serve"),
+        (["python", "-W", "ignore", "-mmacprovider.cli", "serve"], "serve"),
+        (["/Library/Frameworks/P/MacOS/Python", "-m", "macprovider.cli", "run"], "run"),
+        (["macprovider-supervise", "--version"], None),
+        (["macprovider-supervise"], None),
+        (["macprovider-supervise", "autotune", "--port", "serve"], "autotune"),
+        (["macprovider-supervise", "observe"], "observe"),
+        (["macprovider-supervise", "server"], "server"),
+        (["macprovider-supervise-helper", "serve"], None),
+        (["my-macprovider-supervise", "serve"], None),
+        ([f"{VENV}/python", f"{VENV}/macprovider-supervise-helper", "serve"], None),
+        (["python", "-m", "macprovider.cli.main", "serve"], None),
+        (["python", "-m", "pytest", "-k", "serve"], None),
+        (["python", "-c", "import macprovider; serve()", "serve"], None),
+        (["python", "-", "serve"], None),
+        (["python"], None),
+        (["bash", "-c", "macprovider-supervise serve"], None),
+        (["sh", "/x/macprovider-supervise", "serve"], None),
+        (["vim", "macprovider-supervise", "serve"], None),
+        ([], None),
+    ],
+)
+def test_provider_subcommand_reads_the_program_and_its_first_word(
+    argv: list[str], subcommand: str | None
+) -> None:
+    assert provider_subcommand(argv) == subcommand
+
+
+# --- manual commands and the conflict message ----------------------------------------------
+
+LAUNCHD = Finding("launchd", "launchd-managed", f"launchd job {LABEL} (PID 5)", 5, service=LABEL)
+SYSTEMD = Finding("systemd", "systemd-managed", f"systemd user unit {UNIT} (active)", service=UNIT)
+FOREGROUND = Finding(
+    "foreground",
+    "foreground-PID-42",
+    "macprovider-supervise serve --model 'my model'",
+    42,
+    ("macprovider-supervise", "serve", "--model", "my model"),
+    "/home/op/work dir",
+)
+PORT = Finding("port", "port-18080-in-use", "127.0.0.1:18080 is held by PID 9: nginx", 9)
+PLIST = Path(f"/Users/op/Library/LaunchAgents/{LABEL}.plist")
+
+
+@pytest.mark.parametrize(
+    ("finding", "stop", "restore"),
+    [
+        (
+            LAUNCHD,
+            f"launchctl bootout gui/501/{LABEL}",
+            f"launchctl bootstrap gui/501 {PLIST}",
+        ),
+        (SYSTEMD, f"systemctl --user stop {UNIT}", f"systemctl --user start {UNIT}"),
+        (
+            FOREGROUND,
+            "kill -TERM 42",
+            "cd '/home/op/work dir' && macprovider-supervise serve --model 'my model'",
+        ),
+        (PORT, "lsof -nP -iTCP:18080 -sTCP:LISTEN", None),
+    ],
+)
+def test_manual_commands_name_exactly_what_to_run(
+    finding: Finding, stop: str, restore: str | None
+) -> None:
+    assert manual_stop_command(finding, uid=501, port=18080) == stop
+    assert manual_restore_command(finding, uid=501, plist=PLIST) == restore
+
+
+def test_a_foreground_process_without_a_known_cwd_restarts_from_its_argv() -> None:
+    finding = Finding("foreground", "foreground-PID-1", "", 1, ("macprovider-supervise", "serve"))
+    assert manual_restore_command(finding, uid=1, plist=PLIST) == "macprovider-supervise serve"
+
+
+def test_conflict_message_names_each_finding_and_both_ways_out() -> None:
+    message = conflict_message([LAUNCHD, FOREGROUND, PORT], 18080, uid=501)
+    assert message.splitlines() == [
+        "a provider is already running; autotune would measure beside it:",
+        f"  launchd-managed: launchd job {LABEL} (PID 5)",
+        "  foreground-PID-42: macprovider-supervise serve --model 'my model'",
+        "  port-18080-in-use: 127.0.0.1:18080 is held by PID 9: nginx",
+        "rerun with --drain: autotune stops it, tunes, then starts it again"
+        " (a foreground process only with --restart-foreground)",
+        "or stop it yourself, then rerun:",
+        f"  launchctl bootout gui/501/{LABEL}",
+        "  kill -TERM 42",
+        "  lsof -nP -iTCP:18080 -sTCP:LISTEN   # --drain cannot stop it: find it,"
+        " or use another --port",
+    ]
+
+
+def test_a_port_alone_offers_no_drain() -> None:
+    message = conflict_message([PORT], 18080, uid=501)
+    assert "--drain:" not in message
+    assert "stop it yourself:" in message
+    assert "port-18080-in-use" in message
+
+
+def test_service_names_put_the_plist_in_the_users_launch_agents(tmp_path: Path) -> None:
+    names = ServiceNames(launchd_label="org.example.mp")
+    assert names.launchd_plist(tmp_path) == tmp_path / "Library/LaunchAgents/org.example.mp.plist"
+    assert ServiceNames().launchd_label == LABEL
+    assert ServiceNames().systemd_unit == UNIT
+
+
+# --- the actor: fixtures -------------------------------------------------------------------
+
+
+@pytest.fixture
+def fakes(tmp_path: Path) -> FakeServices:
+    return FakeServices(tmp_path / "fakes")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def plist(home: Path) -> Path:
+    return ServiceNames().launchd_plist(home)
+
+
+MakeDrain = Callable[..., DrainProxy]
+
+
+@pytest.fixture
+def make_drain(fakes: FakeServices, home: Path) -> Iterator[MakeDrain]:
+    """`make_drain(port, **kwargs)`: a DrainActor with the fakes first on PATH."""
+    started: list[DrainProxy] = []
+
+    def make(port: int, **kwargs: object) -> DrainProxy:
+        options: dict[str, object] = {"env": fakes.env(clean_env()), "home": home}
+        options.update(kwargs)
+        proxy = start_drain_actor(port, drain_grace_s=GRACE, **options)  # type: ignore[arg-type]
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.actor_ref.stop(timeout=ACTOR_TIMEOUT)
+
+
+class Programs:
+    """Processes named like the provider, started by a test and all ended after it."""
+
+    def __init__(self, root: Path) -> None:
+        self.bin_dir = root / "programs"
+        self.cwd = root / "cwd"
+        self.cwd.mkdir()
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def serve(self, name: str = "macprovider-supervise", mode: str = "ok") -> tuple[int, int]:
+        """A stand-in `<name> serve --no-join --port P --model m` listening on P; (pid, P)."""
+        port = free_port()
+        program = write_program(self.bin_dir, name, STANDIN_BODY)
+        argv = [str(program), "serve", "--no-join", "--port", str(port), "--model", "m"]
+        proc = self._start(argv, clean_env(STANDIN_MODE=mode))
+        wait_until(lambda: self._listening(proc, port), UP_TIMEOUT, f"the stand-in on {port}")
+        return proc.pid, port
+
+    def parent(self, subcommand: str, child: list[str] | None = None) -> tuple[int, int]:
+        """`macprovider-supervise <subcommand>` with one child process; (pid, child pid)."""
+        program = write_program(self.bin_dir / "parent", "macprovider-supervise", PARENT_BODY)
+        env = clean_env(PARENT_CHILD_ARGV=json.dumps(child), STANDIN_MODE="ok")
+        proc = self._start([str(program), subcommand], env, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        return proc.pid, int(proc.stdout.readline())
+
+    def end_all(self) -> None:
+        # Ours to end, SIGKILL included (the DrainActor never does that); restarted
+        # processes are children of this test process too.
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if str(self.bin_dir) in " ".join(child.cmdline()):
+                    child.kill()
+                    child.wait(timeout=UP_TIMEOUT)
+            except psutil.Error:
+                pass
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=UP_TIMEOUT)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def _start(
+        self, argv: list[str], env: dict[str, str], stdout: int = subprocess.DEVNULL
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            argv, cwd=self.cwd, env=env, stdout=stdout, stderr=subprocess.DEVNULL
+        )
+        self.started.append(proc)
+        return proc
+
+    @staticmethod
+    def _listening(proc: subprocess.Popen[bytes], port: int) -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the stand-in exited {proc.returncode}")
+        return not port_is_free(port)
+
+
+@pytest.fixture
+def programs(tmp_path: Path) -> Iterator[Programs]:
+    found = Programs(tmp_path)
+    yield found
+    found.end_all()
+
+
+def detect(proxy: DrainProxy) -> tuple[Finding, ...]:
+    return proxy.detect().get(timeout=ACTOR_TIMEOUT)
+
+
+def drain(proxy: DrainProxy, *findings: Finding) -> Drained | DrainFailed:
+    return proxy.drain(findings).get(timeout=ACTOR_TIMEOUT)
+
+
+def restore(proxy: DrainProxy) -> RestoreReport:
+    return proxy.restore().get(timeout=ACTOR_TIMEOUT)
+
+
+def of_kind(findings: tuple[Finding, ...], kind: str) -> list[Finding]:
+    return [finding for finding in findings if finding.kind == kind]
+
+
+def foreground(findings: tuple[Finding, ...], pid: int) -> Finding | None:
+    return next((f for f in of_kind(findings, "foreground") if f.pid == pid), None)
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def calls_of(fakes: FakeServices, tool: str) -> list[tuple[str, ...]]:
+    """One tool's calls, each without the tool's name."""
+    return [call[1:] for call in fakes.calls() if call[0] == tool]
+
+
+def systemd_actions(fakes: FakeServices) -> list[tuple[str, ...]]:
+    return [call for call in calls_of(fakes, "systemctl") if call[1] in ("stop", "start")]
+
+
+LIST_AND_PRINT = [("list",), ("print", f"gui/{UID}/{LABEL}")]
+STOP = ("--user", "stop", UNIT)
+START = ("--user", "start", UNIT)
+
+
+# --- detection -----------------------------------------------------------------------------
+
+
+def test_a_loaded_but_not_running_launchd_job_is_found_and_confirmed(
+    make_drain: MakeDrain, fakes: FakeServices, plist: Path
+) -> None:
+    fakes.add_launchd_job(LABEL, plist, pid=None)
+    findings = detect(make_drain(free_port()))
+    assert of_kind(findings, "launchd") == [
+        Finding(
+            "launchd",
+            "launchd-managed",
+            f"launchd job {LABEL} (loaded, not running)",
+            service=LABEL,
+        )
+    ]
+    assert calls_of(fakes, "launchctl") == LIST_AND_PRINT
+
+
+def test_a_label_that_merely_contains_ours_is_not_ours(
+    make_drain: MakeDrain, fakes: FakeServices, home: Path
+) -> None:
+    fakes.add_launchd_job(f"{LABEL}.helper", home / "a.plist", pid=None)
+    fakes.add_launchd_job(f"com.example.{LABEL}", home / "b.plist", pid=None)
+    findings = detect(make_drain(free_port()))
+    assert of_kind(findings, "launchd") == []
+    assert calls_of(fakes, "launchctl") == [("list",)]
+
+
+def test_a_listed_job_that_print_cannot_find_is_not_a_finding(
+    make_drain: MakeDrain, fakes: FakeServices, plist: Path
+) -> None:
+    fakes.add_launchd_job(LABEL, plist, pid=None)
+    fakes.fail("launchctl", "print", code=113, stderr="Could not find service")
+    assert of_kind(detect(make_drain(free_port())), "launchd") == []
+
+
+@pytest.mark.parametrize(
+    ("state", "main_pid", "detail"),
+    [
+        ("active", 4242, f"systemd user unit {UNIT} (active, main PID 4242)"),
+        ("activating", 0, f"systemd user unit {UNIT} (activating)"),
+        ("inactive", 0, None),
+        ("failed", 0, None),
+    ],
+)
+def test_a_systemd_unit_is_found_when_is_active_says_so(
+    make_drain: MakeDrain, fakes: FakeServices, state: str, main_pid: int, detail: str | None
+) -> None:
+    fakes.add_systemd_unit(UNIT, state=state, main_pid=main_pid)
+    found = of_kind(detect(make_drain(free_port())), "systemd")
+    if detail is None:
+        assert found == []
+        assert calls_of(fakes, "systemctl") == [("--user", "is-active", UNIT)]
+    else:
+        pid = main_pid or None
+        assert found == [Finding("systemd", "systemd-managed", detail, pid, service=UNIT)]
+
+
+def test_no_tool_on_path_means_no_service_check(
+    make_drain: MakeDrain, fakes: FakeServices, plist: Path, tmp_path: Path
+) -> None:
+    fakes.add_launchd_job(LABEL, plist, pid=None)
+    fakes.add_systemd_unit(UNIT)
+    env = clean_env(PATH=str(tmp_path / "empty"))
+    findings = detect(make_drain(free_port(), env=env))
+    assert of_kind(findings, "launchd") == of_kind(findings, "systemd") == []
+    assert fakes.calls() == []
+
+
+def test_a_foreground_serve_is_found_once_with_what_restarts_it(
+    make_drain: MakeDrain, programs: Programs
+) -> None:
+    pid, port = programs.serve()
+    findings = detect(make_drain(port))
+    found = foreground(findings, pid)
+    assert found is not None
+    assert found.name == f"foreground-PID-{pid}"
+    assert found.argv == tuple(psutil.Process(pid).cmdline())
+    assert found.argv[1:] == (
+        str(programs.bin_dir / "macprovider-supervise"),
+        "serve",
+        "--no-join",
+        "--port",
+        str(port),
+        "--model",
+        "m",
+    )
+    assert found.cwd == str(programs.cwd)
+    assert ("STANDIN_MODE", "ok") in found.env
+    assert of_kind(findings, "port") == []  # its port is reported as this finding
+
+
+def test_a_helper_whose_name_contains_the_program_is_only_a_port_holder(
+    make_drain: MakeDrain, programs: Programs, fakes: FakeServices
+) -> None:
+    pid, port = programs.serve(name="macprovider-supervise-helper")
+    findings = detect(make_drain(port))
+    assert foreground(findings, pid) is None
+    (held,) = of_kind(findings, "port")
+    assert (held.name, held.pid) == (f"port-{port}-in-use", pid)
+    assert "macprovider-supervise-helper serve" in held.detail
+
+
+def test_self_pid_and_its_ancestors_are_never_found(
+    make_drain: MakeDrain, programs: Programs
+) -> None:
+    serve_pid, port = programs.serve()
+    assert foreground(detect(make_drain(port, self_pid=serve_pid)), serve_pid) is None
+
+    parent_pid, child_pid = programs.parent("serve")
+    assert foreground(detect(make_drain(free_port())), parent_pid) is not None
+    assert foreground(detect(make_drain(free_port(), self_pid=child_pid)), parent_pid) is None
+
+
+def test_this_test_process_is_not_a_provider(make_drain: MakeDrain) -> None:
+    findings = detect(make_drain(free_port()))
+    assert foreground(findings, os.getpid()) is None
+    assert provider_subcommand(psutil.Process().cmdline()) is None
+
+
+def test_a_serve_under_run_is_reported_as_the_run(
+    make_drain: MakeDrain, programs: Programs
+) -> None:
+    port = free_port()
+    standin = write_program(programs.bin_dir / "inner", "macprovider-supervise", STANDIN_BODY)
+    child = [str(standin), "serve", "--no-join", "--port", str(port), "--model", "m"]
+    run_pid, serve_pid = programs.parent("run", child)
+    wait_until(lambda: not port_is_free(port), UP_TIMEOUT, "the serve under run")
+    findings = detect(make_drain(port))
+    assert foreground(findings, run_pid) is not None
+    assert foreground(findings, serve_pid) is None
+    assert of_kind(findings, "port") == []
+
+
+def test_a_process_inside_a_service_is_that_service(
+    make_drain: MakeDrain, programs: Programs, fakes: FakeServices, plist: Path
+) -> None:
+    pid, port = programs.serve()
+    fakes.add_launchd_job(LABEL, plist, pid=pid)
+    proxy = make_drain(port)
+    findings = detect(proxy)
+    assert [f.name for f in findings if f.pid == pid] == ["launchd-managed"]
+    assert of_kind(findings, "port") == []
+    # bootout ends the job's process, as launchd would: the port comes free.
+    (service,) = of_kind(findings, "launchd")
+    assert drain(proxy, service) == Drained((service,))
+    assert port_is_free(port)
+    assert not running(pid)
+
+
+def test_a_free_port_and_nothing_running_is_no_finding(
+    make_drain: MakeDrain, fakes: FakeServices
+) -> None:
+    findings = detect(make_drain(free_port()))
+    assert of_kind(findings, "launchd") == of_kind(findings, "systemd") == []
+    assert of_kind(findings, "port") == []
+
+
+# --- drain and restore ---------------------------------------------------------------------
+
+
+def test_launchd_drain_then_restore_is_bootout_then_bootstrap_of_the_plist(
+    make_drain: MakeDrain, fakes: FakeServices, tmp_path: Path
+) -> None:
+    own_plist = tmp_path / "elsewhere" / f"{LABEL}.plist"  # where `launchctl print` says
+    fakes.add_launchd_job(LABEL, own_plist, pid=None)
+    proxy = make_drain(free_port())
+    (service,) = of_kind(detect(proxy), "launchd")
+    assert drain(proxy, service) == Drained((service,))
+    assert not fakes.launchd_job(LABEL)["loaded"]
+    report = restore(proxy)
+    bootstrap = ("bootstrap", f"gui/{UID}", str(own_plist))
+    assert report == RestoreReport(restored=(f"launchd-managed: launchctl {' '.join(bootstrap)}",))
+    assert calls_of(fakes, "launchctl") == [
+        *LIST_AND_PRINT,
+        ("bootout", f"gui/{UID}/{LABEL}"),
+        bootstrap,
+    ]
+    assert fakes.launchd_job(LABEL)["loaded"]
+
+
+def test_without_a_path_from_print_the_plist_is_the_users_launch_agent(
+    make_drain: MakeDrain, fakes: FakeServices, plist: Path
+) -> None:
+    fakes.add_launchd_job(LABEL, plist, pid=None, print_path=False)
+    proxy = make_drain(free_port())
+    drain(proxy, *of_kind(detect(proxy), "launchd"))
+    restore(proxy)
+    assert calls_of(fakes, "launchctl")[-1] == ("bootstrap", f"gui/{UID}", str(plist))
+
+
+def test_systemd_drain_then_restore_is_stop_then_start_and_runs_once(
+    make_drain: MakeDrain, fakes: FakeServices
+) -> None:
+    fakes.add_systemd_unit(UNIT)
+    proxy = make_drain(free_port())
+    (service,) = of_kind(detect(proxy), "systemd")
+    assert drain(proxy, service) == Drained((service,))
+    assert fakes.systemd_unit(UNIT)["state"] == "inactive"
+    first = restore(proxy)
+    assert (
+        restore(proxy)
+        == first
+        == RestoreReport(restored=(f"systemd-managed: systemctl --user start {UNIT}",))
+    )
+    assert systemd_actions(fakes) == [STOP, START]
+    assert fakes.systemd_unit(UNIT)["state"] == "active"
+
+
+def test_stopping_the_actor_restores_what_was_drained_exactly_once(
+    make_drain: MakeDrain, fakes: FakeServices
+) -> None:
+    fakes.add_systemd_unit(UNIT)
+    proxy = make_drain(free_port())
+    drain(proxy, *of_kind(detect(proxy), "systemd"))
+    assert proxy.actor_ref.stop(timeout=ACTOR_TIMEOUT)
+    assert systemd_actions(fakes) == [STOP, START]
+
+
+def test_a_restored_actor_restores_nothing_more_when_stopped(
+    make_drain: MakeDrain, fakes: FakeServices
+) -> None:
+    fakes.add_systemd_unit(UNIT)
+    proxy = make_drain(free_port())
+    drain(proxy, *of_kind(detect(proxy), "systemd"))
+    restore(proxy)
+    proxy.actor_ref.stop(timeout=ACTOR_TIMEOUT)
+    assert systemd_actions(fakes) == [STOP, START]
+
+
+def test_nothing_drained_restores_nothing(make_drain: MakeDrain, fakes: FakeServices) -> None:
+    proxy = make_drain(free_port())
+    assert drain(proxy) == Drained(())
+    assert restore(proxy) == RestoreReport()
+    assert fakes.calls() == []
+
+
+def test_a_second_drain_is_refused(make_drain: MakeDrain) -> None:
+    proxy = make_drain(free_port())
+    drain(proxy)
+    with pytest.raises(DrainRefused):
+        drain(proxy)
+
+
+def test_a_foreground_serve_is_sigtermed_and_the_port_comes_free(
+    make_drain: MakeDrain, programs: Programs
+) -> None:
+    pid, port = programs.serve()
+    proxy = make_drain(port)
+    found = foreground(detect(proxy), pid)
+    assert found is not None
+    assert drain(proxy, found) == Drained((found,))
+    assert port_is_free(port)
+    assert not running(pid)
+    assert programs.started[0].wait(timeout=UP_TIMEOUT) == 0  # SIGTERM: a clean exit
+    command = f"cd {programs.cwd} && {' '.join(found.argv)}"
+    assert restore(proxy) == RestoreReport(
+        not_restarted=(f"{found.name}: not restarted; start it again with: {command}",)
+    )
+    assert port_is_free(port)  # nothing started it again
+
+
+def test_restart_foreground_relaunches_it_detached_from_its_argv_cwd_and_env(
+    make_drain: MakeDrain, programs: Programs
+) -> None:
+    pid, port = programs.serve()
+    proxy = make_drain(port, restart_foreground=True)
+    found = foreground(detect(proxy), pid)
+    assert found is not None
+    assert drain(proxy, found) == Drained((found,))
+    report = restore(proxy)
+    (line,) = report.restored
+    assert line.startswith(f"{found.name}: restarted as PID ")
+    new = psutil.Process(int(line.split("restarted as PID ")[1].split(":")[0]))
+    assert new.pid != pid
+    assert tuple(new.cmdline()) == found.argv
+    assert new.cwd() == found.cwd
+    assert new.environ()["STANDIN_MODE"] == "ok"
+    assert os.getsid(new.pid) == new.pid != os.getsid(0)  # its own session
+    wait_until(lambda: not port_is_free(port), UP_TIMEOUT, "the restarted serve to listen")
+
+
+def test_a_serve_that_ignores_sigterm_fails_the_drain_is_not_killed_and_the_rest_returns(
+    make_drain: MakeDrain, programs: Programs, fakes: FakeServices
+) -> None:
+    fakes.add_systemd_unit(UNIT)
+    pid, port = programs.serve(mode="ignore-sigterm")
+    proxy = make_drain(port, restart_foreground=True)
+    findings = detect(proxy)
+    found = foreground(findings, pid)
+    assert found is not None
+    began = time.monotonic()
+    result = drain(proxy, *of_kind(findings, "systemd"), found)
+    assert time.monotonic() - began < GRACE + 2.0
+    assert isinstance(result, DrainFailed)
+    assert result.reason.startswith(f"{found.name} still running 1 s after being asked to stop")
+    assert "never SIGKILLed" in result.reason
+    # Still alive: never killed, and not restarted as a second copy beside itself.
+    assert running(pid)
+    assert result.restore == RestoreReport(
+        restored=(f"systemd-managed: systemctl --user start {UNIT}",)
+    )
+    assert systemd_actions(fakes) == [STOP, START]
+    calls = len(fakes.calls())
+    assert restore(proxy) == result.restore  # the restore already ran: nothing runs again
+    assert len(fakes.calls()) == calls
+
+
+def test_a_port_held_by_something_else_fails_before_anything_is_stopped(
+    make_drain: MakeDrain, programs: Programs, fakes: FakeServices
+) -> None:
+    fakes.add_systemd_unit(UNIT)
+    pid, port = programs.serve(name="macprovider-supervise-helper")
+    proxy = make_drain(port)
+    findings = detect(proxy)
+    result = drain(proxy, *of_kind(findings, "systemd"), *of_kind(findings, "port"))
+    assert isinstance(result, DrainFailed)
+    assert result.reason.startswith(
+        f"port-{port}-in-use: not a provider we can stop; stop it yourself"
+    )
+    assert result.restore == RestoreReport()
+    assert running(pid)
+    assert systemd_actions(fakes) == []
+
+
+def test_a_failing_stop_fails_the_drain_and_restores_what_was_stopped(
+    make_drain: MakeDrain, fakes: FakeServices, plist: Path
+) -> None:
+    fakes.add_launchd_job(LABEL, plist, pid=None)
+    fakes.add_systemd_unit(UNIT)
+    fakes.fail("systemctl", "stop", code=1, stderr="Failed to stop: Access denied")
+    proxy = make_drain(free_port())
+    findings = detect(proxy)
+    result = drain(proxy, *findings)
+    assert isinstance(result, DrainFailed)
+    assert result.reason == (
+        f"systemd-managed: `systemctl --user stop {UNIT}` failed"
+        " (exit 1: Failed to stop: Access denied); stop it yourself"
+    )
+    assert [call[0] for call in calls_of(fakes, "launchctl")][-2:] == ["bootout", "bootstrap"]
+    assert systemd_actions(fakes) == [STOP]  # refused: so never started either
+
+
+def test_a_failing_restore_says_what_to_run_by_hand(
+    make_drain: MakeDrain, fakes: FakeServices, plist: Path
+) -> None:
+    fakes.add_launchd_job(LABEL, plist, pid=None)
+    fakes.add_systemd_unit(UNIT)
+    proxy = make_drain(free_port())
+    assert isinstance(drain(proxy, *detect(proxy)), Drained)
+    fakes.fail("systemctl", "start", code=1, stderr="Job for macprovider.service failed.")
+    fakes.fail("launchctl", "bootstrap", code=5, stderr="Bootstrap failed: 5: Input/output error")
+    report = restore(proxy)
+    assert report == RestoreReport(
+        failed=(
+            "systemd-managed: restore failed (exit 1: Job for macprovider.service failed.);"
+            f" run: systemctl --user start {UNIT}",
+            "launchd-managed: restore failed (exit 5: Bootstrap failed: 5: Input/output error);"
+            f" run: launchctl bootstrap gui/{UID} {plist}",
+        )
+    )
+    assert restore(proxy) == report
+    assert [c[0] for c in calls_of(fakes, "launchctl")].count("bootstrap") == 1
+    assert systemd_actions(fakes) == [STOP, START]
+
+
+def test_a_restart_that_cannot_start_is_a_failed_line(
+    make_drain: MakeDrain, programs: Programs
+) -> None:
+    pid, port = programs.serve()
+    proxy = make_drain(port, restart_foreground=True)
+    found = foreground(detect(proxy), pid)
+    assert found is not None
+    drain(proxy, found)
+    os.rename(programs.cwd, programs.cwd.with_name("moved"))  # its working directory is gone
+    (line,) = restore(proxy).failed
+    assert line.startswith(f"{found.name}: restore failed (could not start: ")
+    assert line.endswith(f"run: cd {programs.cwd} && {' '.join(found.argv)}")
+
+
+def test_a_serve_gone_before_the_drain_is_not_signalled(
+    make_drain: MakeDrain, programs: Programs
+) -> None:
+    pid, port = programs.serve()
+    proxy = make_drain(port)
+    found = foreground(detect(proxy), pid)
+    assert found is not None
+    os.kill(pid, signal.SIGTERM)
+    programs.started[0].wait(timeout=UP_TIMEOUT)
+    assert drain(proxy, found) == Drained(())
+    assert restore(proxy) == RestoreReport()
