@@ -42,6 +42,7 @@ import psutil
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
+from macprovider.actors.autotune_inputs import DEFAULT_DRAIN_GRACE_S
 from macprovider.actors.errors import ActorError
 from macprovider.actors.messages import Drained, DrainFailed, Finding, RestoreReport
 from macprovider.actors.provider import port_is_free
@@ -367,7 +368,7 @@ class DrainActor(pykka.ThreadingActor):
         port: int,
         *,
         names: ServiceNames = DEFAULT_NAMES,
-        drain_grace_s: float = 30.0,
+        drain_grace_s: float = DEFAULT_DRAIN_GRACE_S,
         restart_foreground: bool = False,
         env: Mapping[str, str] | None = None,
         home: Path | None = None,
@@ -647,7 +648,7 @@ def start_drain_actor(
     port: int,
     *,
     names: ServiceNames = DEFAULT_NAMES,
-    drain_grace_s: float = 30.0,
+    drain_grace_s: float = DEFAULT_DRAIN_GRACE_S,
     restart_foreground: bool = False,
     env: Mapping[str, str] | None = None,
     home: Path | None = None,
