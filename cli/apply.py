@@ -48,6 +48,7 @@ from yaml.events import (
     ScalarEvent,
 )
 
+from macprovider.cli.errors import ApplyError
 from macprovider.server.config import (
     CONFIG_OPTION,
     KV_BITS,
@@ -97,10 +98,6 @@ _COLON = re.compile(r"[ \t]*:")  # between a key and its value, on the key's lin
 # A model id safe to write unquoted: no indicator first, no `:`, `#` or space anywhere. Words
 # YAML resolves to something else (`true`, `1e3`, `2024-01-01`) are caught by a round trip.
 _PLAIN = re.compile(r"[A-Za-z0-9_./~][A-Za-z0-9_./~@+=-]*")
-
-
-class ApplyError(Exception):
-    """The config was not changed; the message is one line naming the file and the reason."""
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from macprovider.actors.autotune_inputs import AutotuneInputError
 from macprovider.actors.exit_reasons import ExitReason
-from macprovider.cli.apply import ApplyError
-from macprovider.cli.report_html import ReportHtmlError
-from macprovider.cli.run_report import ReportError
-from macprovider.cli.service import ServiceError
+from macprovider.cli.errors import ApplyError, ReportError, ReportHtmlError, ServiceError
 from macprovider.server.errors import (
     ConfigError,
     EngineDied,

@@ -22,13 +22,10 @@ from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.recommendation import Recommendation
 from macprovider.actors.store import StoredTrial, TrialRecord
 from macprovider.cli.autotune_render import kv_bits_text
+from macprovider.cli.errors import ReportHtmlError
 from macprovider.cli.run_report import RunReport
 
 MISSING: Final = "—"
-
-
-class ReportHtmlError(Exception):
-    """The page could not be written to the path given; one-line message."""
 
 
 def render_html(report: RunReport) -> str:

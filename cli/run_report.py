@@ -23,12 +23,9 @@ from macprovider.actors.recommendation import (
 )
 from macprovider.actors.store import Store, StoredRun, StoredTrial
 from macprovider.actors.tuner import CUT_SHORT_NOTES
+from macprovider.cli.errors import ReportError
 
 BILLION = 1e9
-
-
-class ReportError(Exception):
-    """The database has no such run (or none at all); one-line message."""
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from xml.sax.saxutils import escape
 import click
 
 from macprovider.cli.apply import LAUNCHD_LABEL, SYSTEMD_UNIT
+from macprovider.cli.errors import ServiceError
 
 __all__ = [
     "PLATFORMS",
@@ -77,10 +78,6 @@ SYSTEM_PATH = ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # also a file name: no `/`, no leading dot
 _UNIT = re.compile(r"[A-Za-z0-9][A-Za-z0-9:_.-]*\.service")
 _SYSTEMD_BARE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")  # an ExecStart word that needs no quotes
-
-
-class ServiceError(Exception):
-    """The service file cannot be written or removed; one line for the operator."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from macprovider.actors.recommendation import Recommendation
 from macprovider.actors.store import KvBits, RunStart, StoredRun, StoredTrial, TrialRecord
 from macprovider.actors.tuning import Cell
 from macprovider.cli import report_html
-from macprovider.cli.report_html import ReportHtmlError, render_html, write_html
+from macprovider.cli.errors import ReportHtmlError
+from macprovider.cli.report_html import render_html, write_html
 from macprovider.cli.run_report import RunReport, build_report
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)

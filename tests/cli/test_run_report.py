@@ -14,12 +14,8 @@ from macprovider.actors.recommendation import Infeasible, Recommendation
 from macprovider.actors.store import RunStart, Store, StoredRun, StoredTrial, TrialRecord
 from macprovider.actors.tuning import Cell
 from macprovider.cli.autotune_render import render_comparison, render_report
-from macprovider.cli.run_report import (
-    ReportError,
-    build_report,
-    load_report,
-    previous_comparable,
-)
+from macprovider.cli.errors import ReportError
+from macprovider.cli.run_report import build_report, load_report, previous_comparable
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 BIG, MID, SMALL, TINY = "org/big", "org/mid", "org/small", "org/tiny"
