@@ -42,6 +42,7 @@ from macprovider.actors.runtime import supervise
 from macprovider.actors.store import RunStart, StoreProxy, start_store_actor
 from macprovider.actors.supervisor import ChildSpec, SupervisorProxy
 from macprovider.actors.tuner import Peers, TuneListener, Tuner, TuneSummary, start_tuner
+from macprovider.server.config import config_dir
 
 ENV_PREFIX = "MACPROVIDER_"
 STORE_CALL_TIMEOUT_S = 30.0
@@ -191,10 +192,9 @@ def _close_open_run(store: StoreProxy, run_id: str, outcome: RunOutcome) -> None
 
 
 def default_db_path(env: Mapping[str, str]) -> Path:
-    """`~/.config/macprovider/autotune.sqlite`, honouring XDG_CONFIG_HOME (DESIGN §5)."""
-    xdg = env.get("XDG_CONFIG_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".config"
-    return base / "macprovider" / "autotune.sqlite"
+    """`autotune.sqlite` beside the config (DESIGN §5), by the rule `serve` finds it with."""
+    folder, _ = config_dir(env)
+    return folder / "autotune.sqlite"
 
 
 def settings_from_options(options: Mapping[str, Any]) -> tuple[TuneSettings, tuple[str, ...]]:

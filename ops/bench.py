@@ -68,6 +68,7 @@ from macprovider.actors.messages import ProbeSpec
 from macprovider.actors.probe import measure_replicate
 from macprovider.actors.probe_prompt import FILLER, build_probe_prompt, load_prompt_tokenizer
 from macprovider.actors.tuning import Replicate, nearest_rank_percentile
+from macprovider.cli.autotune import provider_env
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 DOCS: Final = ROOT / "docs" / "PERFORMANCE.md"
@@ -275,14 +276,6 @@ def free_port() -> int:
         return port
 
 
-def clean_env() -> dict[str, str]:
-    """This environment without the operator's MACPROVIDER_* variables or config file:
-    servers are configured by their flags alone."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MACPROVIDER_")}
-    env["XDG_CONFIG_HOME"] = str(ROOT / "build" / "no-such-config-home")
-    return env
-
-
 def server_argv(contender: str, model: Path, port: int, kv_bits: int | None, c: int) -> list[str]:
     if contender == OURS:
         argv = [sys.executable, "-m", "macprovider.cli", "serve", "--no-join"]
@@ -306,7 +299,10 @@ class Server:
         self.started = time.perf_counter()
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=clean_env()
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=provider_env(os.environ, ROOT / "build"),
             )
 
     def tail(self, lines: int = 5) -> str:

@@ -444,12 +444,19 @@ def _config_location(
     if CONFIG_OPTION.env in env:
         source = f"env {CONFIG_OPTION.env}"
         return _explicit_path(env[CONFIG_OPTION.env], source), source, True
+    folder, source = config_dir(env)
+    return folder / "config.yaml", source, False
+
+
+def config_dir(env: Mapping[str, str]) -> tuple[Path, str]:
+    """macprovider's config folder (config.yaml, the autotune DB) and what chose it:
+    `$XDG_CONFIG_HOME/macprovider`, else `~/.config/macprovider`."""
     # The XDG spec says to ignore an empty or relative XDG_CONFIG_HOME.
     xdg = env.get("XDG_CONFIG_HOME", "")
     if xdg and Path(xdg).is_absolute():
-        return Path(xdg) / "macprovider" / "config.yaml", "env XDG_CONFIG_HOME", False
+        return Path(xdg) / "macprovider", "env XDG_CONFIG_HOME"
     home = Path(env["HOME"]) if env.get("HOME") else Path.home()
-    return home / ".config" / "macprovider" / "config.yaml", "default", False
+    return home / ".config" / "macprovider", "default"
 
 
 def _explicit_path(raw: str, source: str) -> Path:

@@ -13,6 +13,8 @@ from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.recommendation import Infeasible, Recommendation
 from macprovider.actors.store import RunStart, Store, StoredRun, StoredTrial, TrialRecord
 from macprovider.actors.tuning import Cell
+from macprovider.cli.apply import config_path
+from macprovider.cli.autotune import default_db_path
 from macprovider.cli.autotune_render import render_comparison, render_report
 from macprovider.cli.errors import ReportError
 from macprovider.cli.run_report import build_report, load_report, previous_comparable
@@ -152,3 +154,21 @@ def test_compare_finds_the_last_like_run_and_says_what_changed(tmp_path: Path) -
     assert "21.5 tok/s (was 20.0: +7.5%)" in text
     assert previous_comparable(db, load_report(db, "a")) is None
     assert "no earlier run" in render_comparison(current, None)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"XDG_CONFIG_HOME": "/xdg", "HOME": "/home/op"}, "/xdg/macprovider/autotune.sqlite"),
+        (
+            {"XDG_CONFIG_HOME": "rel", "HOME": "/home/op"},
+            "/home/op/.config/macprovider/autotune.sqlite",
+        ),
+        ({"HOME": "/home/op"}, "/home/op/.config/macprovider/autotune.sqlite"),
+    ],
+)
+def test_the_database_sits_beside_the_config_serve_reads(
+    env: dict[str, str], expected: str
+) -> None:
+    assert default_db_path(env) == Path(expected)
+    assert config_path(None, env).parent == Path(expected).parent
