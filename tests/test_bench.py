@@ -1,4 +1,4 @@
-"""ops/bench.py --quick keeps working: it runs every contender and writes the JSON shape the
+"""ops/bench --quick keeps working: it runs every contender and writes the JSON shape the
 issue promises. No speed is asserted: speed targets live in the benchmark, never in tests."""
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ SUMMARY_KEYS = {
     "vs_mlx_lm_server",
     "kv8_vs_mlx_lm_server",
     "ours_c4_vs_c1",
+    "engine_c4_vs_c1",
+    "vs_engine",
     "ttft_2000_vs_mlx_lm_server",
     "idle_rss_vs_mlx_lm_server",
     "single_stream",
@@ -55,7 +57,14 @@ def test_quick_bench_writes_every_contender_and_the_summary(
     assert isinstance(summary["idle_rss_vs_mlx_lm_server"], float)
 
     samples = report["samples"]
-    assert {s["contender"] for s in samples} == {"raw", "ours", "mlx_lm.server"}
+    assert {s["contender"] for s in samples} == {"raw", "engine", "ours", "mlx_lm.server"}
+    engine = [s for s in samples if s["contender"] == "engine"]
+    # The batched-engine anchor: unquantized sweep only, one stream sample per concurrency.
+    assert sorted((s["kv_bits"], s["concurrency"], s["kind"]) for s in engine) == [
+        (None, 1, "stream"),
+        (None, 4, "stream"),
+    ]
+    assert isinstance(summary["engine_c4_vs_c1"], float)
     for contender in ("ours", "mlx_lm.server"):
         mine = [s for s in samples if s["contender"] == contender and s["kind"] == "stream"]
         assert {(s["kv_bits"], s["concurrency"]) for s in mine} == {

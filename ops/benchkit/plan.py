@@ -1,0 +1,130 @@
+"""What one bench run measures, and what it records: the plan, samples, memory readings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from macprovider.actors.tuning import Replicate
+
+RAW: Final = "raw"
+ENGINE: Final = "engine"
+OURS: Final = "ours"
+THEIRS: Final = "mlx_lm.server"
+LABELS: Final = {
+    RAW: "raw mlx_lm.stream_generate",
+    ENGINE: "raw mlx-lm BatchGenerator",
+    OURS: "macprovider serve",
+    THEIRS: "mlx_lm.server",
+}
+
+CONCURRENCY: Final = (1, 2, 4, 8)
+QUICK_CONCURRENCY: Final = (1, 4)
+PROMPT_LENGTHS: Final = (128, 512, 2000)
+QUICK_PROMPT_LENGTHS: Final = (128,)
+KV_SETTINGS: Final[tuple[int | None, ...]] = (None, 8)
+BASE_PROMPT_TOKENS: Final = 128
+MAX_TOKENS: Final = 128
+# The prompt-length sweep measures TTFT only: a few tokens after the first are enough.
+SWEEP_MAX_TOKENS: Final = 8
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one bench run measures."""
+
+    model: Path
+    repetitions: int
+    concurrency: tuple[int, ...]
+    prompt_lengths: tuple[int, ...]
+    kv_settings: tuple[int | None, ...]
+    max_tokens: int
+    quick: bool
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured replicate: `concurrency` streams of one contender, or a raw generation.
+
+    `kind` is `stream` (the base prompt, `max_tokens` new tokens: single stream and the
+    concurrency sweeps) or `prompt` (the prompt-length sweep: TTFT).
+    """
+
+    contender: str
+    kind: str
+    kv_bits: int | None
+    concurrency: int
+    prompt_tokens: int
+    max_tokens: int
+    repetition: int
+    position: int  # where this contender came in this repetition's rotation
+    ok: bool
+    reason: str | None
+    tokens: int
+    wall_s: float
+    ttft_ms: list[float]
+    aggregate_tps: float | None
+    decode_tps: float | None  # single stream only
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One server's resident set in one configuration, in bytes."""
+
+    contender: str
+    kv_bits: int | None
+    concurrency: int
+    ready_s: float  # from start to `/v1/models` answering 200
+    idle_rss: int
+    peak_rss: int
+
+
+@dataclass
+class Results:
+    samples: list[Sample] = field(default_factory=list)
+    memory: list[Memory] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    load_before: float = 0.0  # the 1-minute load average when the run started
+    foreign_cpu_s: float = 0.0  # CPU seconds other processes used during the run
+    wall_s: float = 0.0
+
+
+def sample_from(
+    replicate: Replicate,
+    contender: str,
+    kind: str,
+    kv_bits: int | None,
+    concurrency: int,
+    prompt_tokens: int,
+    max_tokens: int,
+    turn: tuple[int, int],
+) -> Sample:
+    """A replicate as a sample, with its rates computed (see the module docstring)."""
+    measured = replicate.tokens > 0 and replicate.wall_s > 0
+    ok = replicate.ok and measured and not replicate.stop_token_leaked
+    reason = None
+    if not ok:
+        reason = replicate.reason or ("a stop token leaked" if measured else "nothing generated")
+    aggregate = replicate.tokens / replicate.wall_s if ok else None
+    decode = None
+    if ok and concurrency == 1 and replicate.ttft_ms and replicate.tokens > 1:
+        after_first = replicate.wall_s - replicate.ttft_ms[0] / 1000
+        decode = (replicate.tokens - 1) / after_first if after_first > 0 else None
+    return Sample(
+        contender=contender,
+        kind=kind,
+        kv_bits=kv_bits,
+        concurrency=concurrency,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        repetition=turn[0],
+        position=turn[1],
+        ok=ok,
+        reason=reason,
+        tokens=replicate.tokens,
+        wall_s=replicate.wall_s,
+        ttft_ms=list(replicate.ttft_ms),
+        aggregate_tps=aggregate,
+        decode_tps=decode,
+    )
