@@ -216,6 +216,9 @@ DEFAULT_PROBE_MAX_TOKENS = 48
 DEFAULT_READY_TIMEOUT_S = 150.0
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
 DEFAULT_DRAIN_GRACE_S = 30.0
+# Here rather than in `store`, so the command line shows it without importing SQLite and
+# pykka into every process, `serve` included.
+DEFAULT_RETAIN_RUNS = 50
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from macprovider.actors import _schema
+from macprovider.actors.autotune_inputs import DEFAULT_RETAIN_RUNS
 from macprovider.actors.exit_reasons import ExitReason
 
-DEFAULT_RETAIN_RUNS: Final = 50
 BUSY_TIMEOUT_S: Final = 5.0
 
 Stage = Literal[1, 2]

@@ -23,12 +23,12 @@ from macprovider.actors.autotune_inputs import (
     DEFAULT_PROBE_MAX_TOKENS,
     DEFAULT_READY_TIMEOUT_S,
     DEFAULT_REQUEST_TIMEOUT_S,
+    DEFAULT_RETAIN_RUNS,
     DEFAULT_STAGE1_REPLICATES,
     DEFAULT_STAGE2_REPLICATES,
     DEFAULT_TARGET_CONTEXT,
     DEFAULT_TPS_TIE_EPSILON,
 )
-from macprovider.actors.store import DEFAULT_RETAIN_RUNS
 from macprovider.cli.exits import EX_USAGE, USER_ERRORS, exit_code_for, run_exit_code
 from macprovider.cli.service import service
 from macprovider.server.config import SERVE_OPTIONS, resolve_serve_config

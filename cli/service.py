@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any, Literal
-from xml.sax.saxutils import escape
 
 import click
 
@@ -162,6 +161,10 @@ def _printable(value: str) -> str:
 
 
 def _xml(value: str) -> str:
+    # Imported here: xml.sax pulls in urllib and http.client (about 2 MB), and this module is
+    # loaded by every command, `serve` included.
+    from xml.sax.saxutils import escape
+
     return escape(_printable(value), {'"': "&quot;"})
 
 
