@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from benchkit import places
 from benchkit.autotune_time import analyse, log_time
 from benchkit.measure import rotation
 from benchkit.plan import ENGINE, OURS, RAW, THEIRS, Memory, Plan, Results, Sample, sample_from
 from benchkit.summary import Target, summarize
 from macprovider.actors.tuning import Replicate
+from tests.conftest import ROOT
 
 MIB = 1024 * 1024
 
@@ -221,3 +223,9 @@ def test_the_db_load_time_separates_the_warm_up_from_the_measurement(tmp_path: P
     assert trial["warmup"] == pytest.approx(1.0)
     assert trial["measure"] == pytest.approx(5.5)
     assert found.rows["set-up"]["interpreter_and_imports"] == pytest.approx(0.4)
+
+
+def test_the_harness_finds_the_checkout_it_lives_in() -> None:
+    assert places.ROOT == ROOT
+    assert places.DOCS == ROOT / "docs" / "PERFORMANCE.md"
+    assert (places.ROOT / "ops" / "fixtures.py").is_file()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-ROOT: Final = Path(__file__).resolve().parent.parent
+ROOT: Final = Path(__file__).resolve().parents[2]  # ops/benchkit/places.py → the checkout
 DOCS: Final = ROOT / "docs" / "PERFORMANCE.md"
 
 
