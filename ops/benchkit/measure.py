@@ -172,9 +172,9 @@ def measure_configuration(bench: Bench, kv_bits: int | None, c: int) -> None:
         idle = {name: tree_rss(server.proc.pid) for name, server in servers.items()}
         single = kv_bits is None and c == 1
         # The engine anchor runs unquantized only: mlx-lm cannot batch a quantized cache.
-        engine = [ENGINE] if kv_bits is None else []
-        names = ([RAW] if single else []) + engine + [n for n in (OURS, THEIRS) if n in servers]
-        for name in ([RAW] if single else []) + engine:  # warm-up, as the servers get
+        in_process = ([RAW] if single else []) + ([ENGINE] if kv_bits is None else [])
+        names = in_process + [n for n in (OURS, THEIRS) if n in servers]
+        for name in in_process:  # a warm-up, as the servers get
             bench.replicate(name, None, c, BASE_PROMPT_TOKENS, 8)
         for repetition in range(bench.plan.repetitions):
             order = rotation(names, repetition)
