@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchkit import places
+
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 120.0
 POLL_INTERVAL = 0.1
@@ -111,13 +113,7 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "ops" / "fixtures.py")],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(done.stdout.strip().splitlines()[-1])
+    return places.fixtures_dir()
 
 
 @pytest.fixture(scope="session")
