@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchkit import places
-
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 120.0
 POLL_INTERVAL = 0.1
@@ -113,7 +111,15 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    return places.fixtures_dir()
+    # benchkit.places.fixtures_dir does the same, but this module is also imported by child
+    # processes (the interrupt harness, the store's writer) that do not have ops/ on sys.path.
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "ops" / "fixtures.py")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")
