@@ -19,6 +19,7 @@ import psutil
 
 from benchkit.places import ROOT
 from benchkit.plan import OURS
+from macprovider.actors.probe import BAN_BIAS
 from macprovider.actors.tuning import Replicate
 from macprovider.cli.autotune import provider_env
 
@@ -105,10 +106,11 @@ class RawEngine:
 
 
 def _ban(banned: Sequence[int]) -> list[Any]:
-    """The logit_bias the servers get: -100 on every stop token."""
+    """The logit_bias the servers get from the probe: BAN_BIAS on every stop token."""
     from mlx_lm.sample_utils import make_logits_processors
 
-    processors: list[Any] = make_logits_processors(logit_bias={t: -100.0 for t in banned})
+    bias = {t: float(BAN_BIAS) for t in banned}
+    processors: list[Any] = make_logits_processors(logit_bias=bias)
     return processors
 
 

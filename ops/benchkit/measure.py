@@ -35,6 +35,7 @@ from benchkit.plan import (
     Plan,
     Results,
     sample_from,
+    sweep_contenders,
 )
 from benchkit.prompts import Prompts
 from macprovider.actors.messages import ProbeSpec
@@ -171,11 +172,11 @@ def measure_configuration(bench: Bench, kv_bits: int | None, c: int) -> None:
         servers = warm_up(bench, start_servers(bench, kv_bits, c, started), c)
         idle = {name: tree_rss(server.proc.pid) for name, server in servers.items()}
         single = kv_bits is None and c == 1
-        # The engine anchor runs unquantized only: mlx-lm cannot batch a quantized cache.
-        in_process = ([RAW] if single else []) + ([ENGINE] if kv_bits is None else [])
-        names = in_process + [n for n in (OURS, THEIRS) if n in servers]
-        for name in in_process:  # a warm-up, as the servers get
-            bench.replicate(name, None, c, BASE_PROMPT_TOKENS, 8)
+        sweep = [n for n in sweep_contenders(kv_bits) if n == ENGINE or n in servers]
+        names = ([RAW] if single else []) + sweep
+        for name in names:
+            if name not in servers:  # in process: a warm-up, as the servers got
+                bench.replicate(name, None, c, BASE_PROMPT_TOKENS, 8)
         for repetition in range(bench.plan.repetitions):
             order = rotation(names, repetition)
             ports = {name: server.port for name, server in servers.items()}

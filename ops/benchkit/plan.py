@@ -30,6 +30,12 @@ MAX_TOKENS: Final = 128
 SWEEP_MAX_TOKENS: Final = 8
 
 
+def sweep_contenders(kv_bits: int | None) -> tuple[str, ...]:
+    """Who runs a sweep: the batched engine too when unquantized (mlx-lm has no batched
+    quantized cache of its own)."""
+    return (ENGINE, OURS, THEIRS) if kv_bits is None else (OURS, THEIRS)
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one bench run measures."""

@@ -17,6 +17,7 @@ from benchkit.plan import (
     Plan,
     Results,
     Sample,
+    sweep_contenders,
 )
 from macprovider.actors.tuning import nearest_rank_percentile
 
@@ -117,12 +118,6 @@ def sweep_summary(plan: Plan, samples: Sequence[Sample]) -> dict[str, Any]:
         }
         for kv in plan.kv_settings
     }
-
-
-def sweep_contenders(kv_bits: int | None) -> tuple[str, ...]:
-    """Who runs a sweep: the batched engine too when unquantized (mlx-lm has no batched
-    quantized cache of its own)."""
-    return (ENGINE, OURS, THEIRS) if kv_bits is None else (OURS, THEIRS)
 
 
 def prompt_summary(plan: Plan, samples: Sequence[Sample]) -> dict[str, Any]:
