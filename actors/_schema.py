@@ -48,9 +48,14 @@ RUNS: Final = Table(
         ("recipe_hash", "TEXT"),
         ("applied", "INTEGER NOT NULL DEFAULT 0 CHECK (applied IN (0, 1))"),
         ("exit_reason", f"TEXT CHECK (exit_reason IN ({_REASONS}))"),
+        # {"config": path, "sha256": hex}: what `--apply` was about to write, recorded before
+        # the write and cleared with `applied = 1` after it. A process killed in between
+        # leaves it set; the config's bytes then tell whether the write landed.
+        ("apply_pending_json", "TEXT"),
     ),
     # A run is open exactly while it has neither an end time nor a reason.
     constraints=("CHECK ((ended_at_utc IS NULL) = (exit_reason IS NULL))",),
+    addable={"apply_pending_json": "TEXT"},
 )
 
 TRIALS: Final = Table(

@@ -1,5 +1,5 @@
 """DrainActor: find a provider that is already live, stop it for the run, start it again
-afterwards (DESIGN §5 Conflicts, issue 6).
+afterwards.
 
 Four kinds of finding, looked for in this order:
 
@@ -15,6 +15,10 @@ that service; a `serve` under a `run` is that `run` (SIGTERMing the child alone 
 `run` start another a second later); a listener on the port inside a finding's process
 tree is that finding. So `port-<p>-in-use` always means "held by something that is not a
 provider": draining refuses it before stopping anything.
+
+Command lines are shown (findings, refusals, restore commands) only through `redact_argv`:
+a foreground `serve --api-key K` must not put K in our log. The finding keeps the real argv,
+which its restart needs.
 
 Never SIGKILL: every process stopped here belongs to the operator. Restore runs once,
 whatever happened; `on_stop` (and `on_failure`) are the backstop. The decisions (parsing
@@ -47,6 +51,7 @@ from macprovider.actors.errors import ActorError
 from macprovider.actors.messages import Drained, DrainFailed, Finding, RestoreReport
 from macprovider.actors.provider import port_is_free
 from macprovider.server.parent_guard import PARENT_FD_ENV
+from macprovider.server.redaction import redact_argv
 
 log = logging.getLogger("macprovider.actors.drain")
 
@@ -178,7 +183,7 @@ def manual_restore_command(finding: Finding, *, uid: int, plist: Path) -> str | 
     if finding.kind == "systemd":
         return f"systemctl --user start {shlex.quote(str(finding.service))}"
     if finding.kind == "foreground":
-        command = shlex.join(finding.argv)
+        command = _shown(finding.argv)
         return f"cd {shlex.quote(finding.cwd)} && {command}" if finding.cwd else command
     return None
 
@@ -202,6 +207,11 @@ def conflict_message(findings: Sequence[Finding], port: int, *, uid: int | None 
         else:
             lines.append(f"  {command}")
     return "\n".join(lines)
+
+
+def _shown(argv: Sequence[str]) -> str:
+    """A command line as we print it: quoted for a shell, its secrets redacted."""
+    return shlex.join(redact_argv(argv))
 
 
 def _one_line(text: str) -> str:
@@ -257,7 +267,7 @@ def _foreground_finding(proc: psutil.Process, argv: list[str]) -> Finding:
         env = tuple(sorted(proc.environ().items()))
     except psutil.Error:
         env = ()  # unreadable: a restart then uses the supervisor's own environment
-    detail = _one_line(shlex.join(argv) + (f" (cwd {cwd})" if cwd else ""))
+    detail = _one_line(_shown(argv) + (f" (cwd {cwd})" if cwd else ""))
     return Finding(
         "foreground", f"foreground-PID-{proc.pid}", detail, proc.pid, tuple(argv), cwd, env
     )
@@ -302,7 +312,7 @@ def _cmdline(proc: psutil.Process) -> list[str]:
 
 def _describe(pid: int) -> str:
     proc = _process(pid)
-    return (shlex.join(_cmdline(proc)) if proc else "") or "?"
+    return (_shown(_cmdline(proc)) if proc else "") or "?"
 
 
 def _process(pid: int | None) -> psutil.Process | None:

@@ -1,4 +1,4 @@
-"""The KeeperActor behind `run`: keep exactly one provider alive (issue 3, `run`).
+"""The KeeperActor behind `run`: keep exactly one provider alive.
 
 A ticker thread asks the keeper to `tick` every `TICK_S`; each tick is short (at
 most one readiness slice or one health check), so a shutdown never waits long
@@ -12,12 +12,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import cast
 
-import httpx
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
@@ -41,12 +40,14 @@ CALL_TIMEOUT_S = STOP_GRACE_S + 30.0  # the provider actor's longest call, plus 
 
 @dataclass(frozen=True)
 class Target:
-    """What `run` keeps alive: the resolved model, port and knobs."""
+    """What `run` keeps alive: the resolved model, port, knobs and API key."""
 
     model: str
     port: int
     knobs: Knobs
     config_path: Path
+    # Compared (a new key restarts the provider) but never shown: targets get logged.
+    api_key: str | None = field(default=None, repr=False)
 
 
 class KeeperActor(pykka.ThreadingActor):
@@ -121,7 +122,9 @@ class KeeperActor(pykka.ThreadingActor):
         t = self._target
         self._started_at = now
         try:
-            self._provider.start_provider(t.model, t.port, t.knobs).get(timeout=CALL_TIMEOUT_S)
+            self._provider.start_provider(t.model, t.port, t.knobs, t.api_key).get(
+                timeout=CALL_TIMEOUT_S
+            )
         except (PortBusy, SpawnFailed) as error:  # may pass (a port freed late): back off
             self._crashed(now, f"could not start: {error}")
             return
@@ -143,18 +146,11 @@ class KeeperActor(pykka.ThreadingActor):
         if exited is not None:
             self._crashed(now, f"exited with code {exited.returncode}: {exited.stderr_tail}")
         elif now - self._last_health >= HEALTH_INTERVAL_S:
-            if self._healthy():
+            if self._provider.is_healthy(HEALTH_TIMEOUT_S).get(timeout=CALL_TIMEOUT_S):
                 self._last_health = now
             else:
                 self._stop_provider()
                 self._crashed(now, f"stopped answering /health within {HEALTH_TIMEOUT_S:.0f} s")
-
-    def _healthy(self) -> bool:
-        url = f"http://127.0.0.1:{self._target.port}/health"
-        try:
-            return httpx.get(url, timeout=HEALTH_TIMEOUT_S, trust_env=False).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def _crashed(self, now: float, what: str) -> None:
         self._provider.stop_provider(STOP_GRACE_S).get(

@@ -1,4 +1,4 @@
-"""The small frozen values actors exchange: requests' arguments and their results (DESIGN §3).
+"""The small frozen values actors exchange: requests' arguments and their results.
 
 Replies travel as pykka futures; what a future resolves to is one of these.
 """
@@ -12,13 +12,17 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class Knobs:
-    """The three serving knobs, and the provider's memory cap (`serve --memory-limit-gb`);
-    None leaves the provider's own default (the flag is omitted)."""
+    """`serve`'s options besides the model, the port and the API key: the three serving
+    knobs autotune measures, the provider's memory cap, its queue and the host it binds.
+    None leaves the provider's own default (the flag is omitted). Each field is named after
+    its knob in `server.config.KNOBS`, which turns it into a flag."""
 
     kv_bits: int | None = None
     max_context: int | None = None
     max_batch: int | None = None
     memory_limit_gb: float | None = None
+    max_queue: int | None = None
+    host: str | None = None  # None: serve's default, loopback
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,9 @@ class ProviderHandle:
     pgid: int  # its own process group (== pid): what stop signals
     port: int
     model: str
-    argv: tuple[str, ...]
+    argv: tuple[str, ...]  # never holds the API key: that goes in the child's environment
     log_path: Path  # stdout and stderr, merged
+    host: str  # what the supervisor connects to (loopback for a wildcard bind)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class RunOutcome:
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """One measured replicate: the same prompt on `concurrency` concurrent streams (DESIGN §5).
+    """One measured replicate: the same prompt on `concurrency` concurrent streams.
 
     Requests are streaming chat completions at temperature 0 with a fixed `max_tokens`;
     `timeout_s` bounds the whole replicate; `stop_texts` are the model's stop tokens as
@@ -112,7 +117,7 @@ class LoadFailed:
     exited: bool  # it died during load (out of memory, unloadable weights, …)
 
 
-# --- provider conflicts: detect, drain, restore (DESIGN §5 Conflicts, issue 6) -------------
+# --- provider conflicts: detect, drain, restore --------------------------------------------
 
 FindingKind = Literal["launchd", "systemd", "foreground", "port"]
 
@@ -130,9 +135,10 @@ class Finding:
     name: str
     detail: str  # one line: the label or unit, the command line, what listens
     pid: int | None = None  # the process to watch (a service's main PID, the port's holder)
-    argv: tuple[str, ...] = ()
+    # Not in repr: a command line and an environment can hold keys and tokens, and findings
+    # get logged and printed (`detail` shows the command line redacted).
+    argv: tuple[str, ...] = field(default=(), repr=False)
     cwd: str | None = None
-    # Not in repr: an environment holds tokens, and findings get logged and printed.
     env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     service: str | None = None  # the launchd label or systemd unit a command names
 

@@ -1,4 +1,4 @@
-"""ProviderActor: the only way a provider process starts (DESIGN §3).
+"""ProviderActor: the only way a provider process starts.
 
 It holds at most one child, a `serve --no-join` in its own process group with a
 parent-death pipe, and owns its whole life: start, wait until ready, stop. The
@@ -12,6 +12,7 @@ on a pykka actor those two names already mean "start / stop the actor itself".
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import re
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final, cast
@@ -47,12 +48,14 @@ from macprovider.actors.messages import (
     Stopped,
     TimedOut,
 )
+from macprovider.server.config import API_KEY, serve_flags
 from macprovider.server.parent_guard import PARENT_FD_ENV
 
 log = logging.getLogger("macprovider.actors.provider")
 
 SERVE_COMMAND: Final = (sys.executable, "-m", "macprovider.cli", "serve")
 LOCALHOST: Final = "127.0.0.1"
+LOCALHOST_V6: Final = "::1"
 
 # Readiness polling: quick at first (a small model loads in about a second), then
 # backing off so a slow load is not hammered; every request bounded on its own.
@@ -89,17 +92,39 @@ _UNSAFE_IN_NAME: Final = re.compile(r"[^A-Za-z0-9._-]+")
 def serve_argv(
     serve_command: Sequence[str], model: str, port: int, knobs: Knobs
 ) -> tuple[str, ...]:
-    """The provider's command line: always `--no-join`, and only the knobs that are set."""
-    argv = [*serve_command, "--no-join", "--port", str(port), "--model", model]
-    for flag, value in (
-        ("--kv-bits", knobs.kv_bits),
-        ("--max-context", knobs.max_context),
-        ("--max-batch", knobs.max_batch),
-        ("--memory-limit-gb", knobs.memory_limit_gb),
-    ):
-        if value is not None:
-            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    return tuple(argv)
+    """The provider's command line: always `--no-join`, and only the knobs that are set.
+
+    The flags come from the knob table `serve` itself is built from. The API key is never
+    among them: a command line is readable by every user (`ps`), so the key travels in the
+    child's environment (see `ProviderActor.start_provider`).
+    """
+    flags = serve_flags({"model": model, "port": port, **asdict(knobs)})
+    return (*serve_command, "--no-join", *flags)
+
+
+def reach_host(host: str) -> str:
+    """Where the supervisor connects to a provider bound to `host` (`serve --host`): a
+    wildcard bind (0.0.0.0, ::) is reached on loopback; brackets are dropped."""
+    bare = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        return bare  # a name such as localhost: connected to as named
+    if address.is_unspecified:
+        return LOCALHOST_V6 if address.version == 6 else LOCALHOST
+    return bare
+
+
+def provider_url(handle: ProviderHandle, path: str) -> str:
+    """`path` on the provider, as the supervisor reaches it."""
+    host = reach_host(handle.host)
+    authority = f"[{host}]" if ":" in host else host
+    return f"http://{authority}:{handle.port}{path}"
+
+
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    """What every request to a provider started with `api_key` carries."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def model_slug(model: str) -> str:
@@ -173,19 +198,27 @@ def read_log_tail(path: Path, max_bytes: int = TAIL_READ_BYTES) -> str:
     return text.split("\n", 1)[-1] if size > max_bytes else text
 
 
-def port_is_free(port: int) -> bool:
-    """True when a server could listen on 127.0.0.1:port now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+def port_is_free(port: int, host: str = LOCALHOST) -> bool:
+    """True when a server could listen on host:port now (`host` as `serve --host` takes it)."""
+    bind_host = host.strip("[]")
+    with _tcp_socket(bind_host) as probe:
         # As a server binds: a TIME_WAIT left by the last provider does not count as busy.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((LOCALHOST, port))
+            probe.bind((bind_host, port))
         except OSError:
             return False
     # macOS lets that bind succeed beside a wildcard listener; a connect still finds it.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    target = reach_host(host)
+    with _tcp_socket(target) as probe:
         probe.settimeout(1.0)
-        return probe.connect_ex((LOCALHOST, port)) != 0
+        return probe.connect_ex((target, port)) != 0
+
+
+def _tcp_socket(host: str) -> socket.socket:
+    # The family as serve chooses it for its own bind: a colon means IPv6.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.socket(family, socket.SOCK_STREAM)
 
 
 # --- the actor -----------------------------------------------------------------------------
@@ -196,6 +229,7 @@ class _Child:
     proc: subprocess.Popen[bytes]
     handle: ProviderHandle
     guard_fd: int  # write end of the parent-death pipe; the child exits when it closes
+    headers: dict[str, str]  # every request to it carries them: its API key, if any
 
 
 class ProcessGroups:
@@ -249,34 +283,47 @@ class ProviderActor(pykka.ThreadingActor):
     # pykka runs every method below on the actor's one thread, one message at a time:
     # that serialisation is what makes the single-provider invariant hold.
 
-    def start_provider(self, model: str, port: int, knobs: Knobs) -> ProviderHandle:
-        """Spawns the provider; refuses while one lives, or when the port is taken."""
+    def start_provider(
+        self, model: str, port: int, knobs: Knobs, api_key: str | None = None
+    ) -> ProviderHandle:
+        """Spawns the provider; refuses while one lives, or when the port is taken.
+
+        `api_key` goes in the child's environment, never its argv (see `serve_argv`); this
+        actor's own requests to the child carry it.
+        """
         self._refuse_if_running()
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is outside 1-65535")
-        if not port_is_free(port):
+        host = knobs.host or LOCALHOST
+        if not port_is_free(port, host):
             raise PortBusy(port)
         argv = serve_argv(self._serve_command, model, port, knobs)
         self._logs_dir.mkdir(parents=True, exist_ok=True)
         log_path, log_fd = create_log_file(self._logs_dir, model, port, unix_ts=int(time.time()))
         try:
-            proc, guard_fd = self._spawn(argv, log_fd)
+            proc, guard_fd = self._spawn(argv, log_fd, api_key)
         finally:
             os.close(log_fd)  # the child writes through its own copy
-        handle = ProviderHandle(proc.pid, proc.pid, port, model, argv, log_path)
-        self._child = _Child(proc, handle, guard_fd)
+        handle = ProviderHandle(proc.pid, proc.pid, port, model, argv, log_path, host)
+        self._child = _Child(proc, handle, guard_fd, _auth_headers(api_key))
         self._groups.add(handle.pgid)
-        log.info("provider started: pid %d, %s on port %d, log %s", proc.pid, model, port, log_path)
+        where = f"{host} port {port}"
+        log.info("provider started: pid %d, %s on %s, log %s", proc.pid, model, where, log_path)
         return handle
 
     def wait_ready(self, timeout: float) -> Ready | Exited | TimedOut:
         """Polls `/v1/models` until two 200s from a live process, a death, or `timeout`."""
         child = self._require_child("wait for readiness")
-        url = f"http://{LOCALHOST}:{child.handle.port}/v1/models"
         deadline = time.monotonic() + timeout
-        # trust_env=False: an HTTP(S)_PROXY from the environment must not see loopback traffic.
-        with httpx.Client(trust_env=False) as client:
+        url = provider_url(child.handle, "/v1/models")
+        with _client(child) as client:
             return self._poll_ready(child, client, url, deadline)
+
+    def is_healthy(self, timeout: float) -> bool:
+        """Whether the child answers `/health` with 200 within `timeout`."""
+        child = self._require_child("check health")
+        with _client(child) as client:
+            return _answers_200(client, provider_url(child.handle, "/health"), timeout)
 
     def stop_provider(self, grace: float) -> Stopped | Killed:
         """SIGTERM to the child's group, SIGKILL after `grace`; returns once the port is free."""
@@ -285,7 +332,7 @@ class ProviderActor(pykka.ThreadingActor):
             return Stopped()
         result = self._terminate(child, grace)
         self._release(child)
-        self._wait_port_free(child.handle.port)
+        self._wait_port_free(child.handle.port, child.handle.host)
         log.info("provider pid %d %s", child.handle.pid, result)
         return result
 
@@ -334,10 +381,17 @@ class ProviderActor(pykka.ThreadingActor):
             raise ProviderNotStarted(what)
         return self._child
 
-    def _spawn(self, argv: tuple[str, ...], log_fd: int) -> tuple[subprocess.Popen[bytes], int]:
+    def _spawn(
+        self, argv: tuple[str, ...], log_fd: int, api_key: str | None
+    ) -> tuple[subprocess.Popen[bytes], int]:
         read_end, write_end = os.pipe()  # both close-on-exec; pass_fds opens read_end to the child
         env = dict(self._env if self._env is not None else os.environ)
         env[PARENT_FD_ENV] = str(read_end)
+        # Set or removed: the key the child resolves is the one this actor's requests carry.
+        if api_key:
+            env[API_KEY.env] = api_key
+        else:
+            env.pop(API_KEY.env, None)
         try:
             proc = subprocess.Popen(
                 argv,
@@ -368,8 +422,9 @@ class ProviderActor(pykka.ThreadingActor):
         while True:
             if child.proc.poll() is not None:
                 return self._exited(child)
-            answered = _answers_200(client, url, deadline)
-            # One 200 is not enough: a provider can answer once and die (the seed's C.1).
+            timeout = max(0.05, min(REQUEST_TIMEOUT_S, deadline - time.monotonic()))
+            answered = _answers_200(client, url, timeout)
+            # One 200 is not enough: a provider can answer once and die.
             if answered and confirming and child.proc.poll() is None:
                 return Ready()
             confirming = answered
@@ -404,17 +459,21 @@ class ProviderActor(pykka.ThreadingActor):
         self._groups.discard(child.handle.pgid)
         self._child = None
 
-    def _wait_port_free(self, port: int) -> None:
+    def _wait_port_free(self, port: int, host: str) -> None:
         deadline = time.monotonic() + PORT_FREE_TIMEOUT_S
-        while not port_is_free(port):
+        while not port_is_free(port, host):
             if time.monotonic() > deadline:
                 detail = f"still in use {PORT_FREE_TIMEOUT_S:.0f} s after the provider stopped"
                 raise PortBusy(port, detail)
             time.sleep(PORT_POLL_S)
 
 
-def _answers_200(client: httpx.Client, url: str, deadline: float) -> bool:
-    timeout = max(0.05, min(REQUEST_TIMEOUT_S, deadline - time.monotonic()))
+def _client(child: _Child) -> httpx.Client:
+    # trust_env=False: an HTTP(S)_PROXY from the environment must not see loopback traffic.
+    return httpx.Client(headers=child.headers, trust_env=False)
+
+
+def _answers_200(client: httpx.Client, url: str, timeout: float) -> bool:
     try:
         return client.get(url, timeout=timeout).status_code == 200
     except httpx.HTTPError:
@@ -426,6 +485,7 @@ class ProviderProxy(ActorMemberMixin, pykka.ActorProxy[ProviderActor]):
 
     start_provider = proxy_method(ProviderActor.start_provider)
     wait_ready = proxy_method(ProviderActor.wait_ready)
+    is_healthy = proxy_method(ProviderActor.is_healthy)
     stop_provider = proxy_method(ProviderActor.stop_provider)
     handle = proxy_method(ProviderActor.handle)
     check = proxy_method(ProviderActor.check)

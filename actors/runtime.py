@@ -1,28 +1,24 @@
 """The main thread of a supervised command: start the Supervisor, wait, relay signals.
 
-Signal handlers only hand a message to the Supervisor (DESIGN §3): the first
-SIGINT/SIGTERM asks for the orderly stop, SIGHUP for a reload; a second
-SIGINT/SIGTERM is the fastest safe exit: SIGKILL to our own providers' process
-groups, then exit 130 at once.
+Signal handlers only hand a message to the Supervisor: the first SIGINT/SIGTERM asks for the
+orderly stop, SIGHUP for a reload; a second SIGINT/SIGTERM is the fastest safe exit: SIGKILL
+to our own providers' process groups, then exit 130 at once. The handlers themselves live in
+`stop_signals`, installed from the process's first line, so a signal that comes before the
+Supervisor exists is honoured too.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
-from types import FrameType
+
+import pykka
 
 from macprovider.actors.messages import RunOutcome
 from macprovider.actors.provider import ProcessGroups
-from macprovider.actors.supervisor import ChildSpec, SupervisorProxy, start_supervisor
-
-log = logging.getLogger("macprovider.supervisor")
-
-EXIT_SECOND_SIGNAL = 130
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from macprovider.actors.stop_signals import STOP
+from macprovider.actors.supervisor import ChildSpec, start_supervisor
 
 
 def supervise(
@@ -33,6 +29,7 @@ def supervise(
 ) -> RunOutcome:
     """Runs the children under a Supervisor until it reports how the run ended; a first
     SIGINT/SIGTERM ends it with `stop_reason`."""
+    STOP.install()  # the command line did so first thing; a bare caller (a harness) gets it here
     done = threading.Event()
     outcomes: list[RunOutcome] = []
 
@@ -40,41 +37,17 @@ def supervise(
         outcomes.append(outcome)
         done.set()
 
-    supervisor = start_supervisor(children, finished)
-    previous = _install(supervisor, groups, on_reload, stop_reason)
-    try:
+    def start() -> Callable[[str], None]:
+        supervisor = start_supervisor(children, finished)
+
+        def stop(_signal_name: str) -> None:
+            # A message: the handler never waits. A Supervisor that has just finished on its
+            # own is already gone, and its outcome stands.
+            with contextlib.suppress(pykka.ActorDeadError):
+                supervisor.shutdown(stop_reason)
+
+        return stop
+
+    with STOP.supervising(start, groups.kill_all, on_reload):
         done.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     return outcomes[0]
-
-
-def _install(
-    supervisor: SupervisorProxy,
-    groups: ProcessGroups,
-    on_reload: Callable[[], None] | None,
-    stop_reason: str,
-) -> dict[int, signal._HANDLER]:
-    stopping = threading.Event()
-
-    def on_stop_signal(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if stopping.is_set():
-            log.warning("%s again: killing our providers and exiting now", name)
-            groups.kill_all()
-            logging.shutdown()
-            os._exit(EXIT_SECOND_SIGNAL)
-        stopping.set()
-        log.info("%s: stopping in order (again to exit at once)", name)
-        supervisor.shutdown(stop_reason)
-
-    def on_hangup(signum: int, frame: FrameType | None) -> None:
-        if on_reload is not None:
-            on_reload()
-
-    previous: dict[int, signal._HANDLER] = {
-        s: signal.signal(s, on_stop_signal) for s in STOP_SIGNALS
-    }
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
-    return previous

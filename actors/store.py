@@ -6,7 +6,9 @@ The Store holds the logic and is testable without threads; the actor only delega
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +23,8 @@ from pykka.typing import ActorMemberMixin, proxy_method
 from macprovider.actors import _schema
 from macprovider.actors.autotune_inputs import DEFAULT_RETAIN_RUNS
 from macprovider.actors.exit_reasons import ExitReason
+
+log = logging.getLogger("macprovider.actors.store")
 
 BUSY_TIMEOUT_S: Final = 5.0
 
@@ -46,6 +50,34 @@ class RunAlreadyFinished(StoreError):
 
 class UnknownTrial(StoreError):
     """The run has no Stage 2 trial with this id."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be opened or written: read-only, locked, on a full disk. The
+    message is one line naming the file and the reason; nothing was half-written."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot write the autotune database {path}: {reason}")
+
+
+def _unavailable_reason(error: sqlite3.OperationalError | OSError) -> str:
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+        return f"{reason}: {error.filename}" if error.filename else reason
+    reason = str(error)
+    if "locked" in reason:  # SQLite says only "database is locked"
+        return f"{reason} by another writer for more than {BUSY_TIMEOUT_S:g} s"
+    return reason
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """What SQLite or the file system refuse (not a broken rule: IntegrityError stays
+    itself) becomes StoreUnavailable."""
+    try:
+        yield
+    except (sqlite3.OperationalError, OSError) as error:
+        raise StoreUnavailable(path, _unavailable_reason(error)) from error
 
 
 @dataclass(frozen=True)
@@ -90,12 +122,30 @@ class TrialRecord:
 
 
 @dataclass(frozen=True)
+class PendingApply:
+    """`--apply` was about to write these bytes (by their sha256) to this config."""
+
+    config_path: str
+    sha256: str
+
+    def landed(self) -> bool:
+        """Whether the config holds exactly those bytes now, i.e. the write happened."""
+        try:
+            data = Path(self.config_path).read_bytes()
+        except OSError:
+            return False
+        return hashlib.sha256(data).hexdigest() == self.sha256
+
+
+@dataclass(frozen=True)
 class StoredRun:
     start: RunStart
     ended_at: datetime | None  # None while open, or after a crash
     exit_reason: ExitReason | None
     recommendation_json: str | None
     recipe_hash: str | None
+    # True once the config was rewritten, including by an apply whose process was killed
+    # between the write and recording it (its pending record is resolved on reading).
     applied: bool
 
 
@@ -260,8 +310,15 @@ def _stored_run(row: sqlite3.Row) -> StoredRun:
         exit_reason=None if reason is None else ExitReason(reason),
         recommendation_json=row["recommendation_json"],
         recipe_hash=row["recipe_hash"],
-        applied=bool(row["applied"]),
+        applied=bool(row["applied"]) or _pending_landed(row["apply_pending_json"]),
     )
+
+
+def _pending_landed(pending_json: str | None) -> bool:
+    if pending_json is None:
+        return False
+    pending = json.loads(pending_json)
+    return PendingApply(pending["config"], pending["sha256"]).landed()
 
 
 def _stored_trial(row: sqlite3.Row) -> StoredTrial:
@@ -294,13 +351,16 @@ class Store:
 
     def __init__(self, path: Path, *, retain_runs: int = DEFAULT_RETAIN_RUNS) -> None:
         self._retain_runs = _checked_retain_runs(retain_runs)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # No implicit transactions: a write is either one statement, committed at once, or
-        # runs inside an explicit `_transaction()`.
-        self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        self._path = path
+        with _writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # No implicit transactions: a write is either one statement, committed at once,
+            # or runs inside an explicit `_transaction()`.
+            self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         try:
-            self._configure(path)
+            with _writing(path):
+                self._configure(path)
             with self._transaction():
                 _migrate(self._conn)
         except BaseException:
@@ -318,21 +378,23 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        # IMMEDIATE takes the write lock up front, so a busy database fails at BEGIN
-        # (after busy_timeout) instead of half-way through.
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._conn.rollback()
-            raise
-        self._conn.commit()
+        with _writing(self._path):
+            # IMMEDIATE takes the write lock up front, so a busy database fails at BEGIN
+            # (after busy_timeout) instead of half-way through.
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._conn.rollback()
+                raise
+            self._conn.commit()
 
     def begin_run(self, run: RunStart) -> None:
         """Records the run as open, then keeps only the newest `retain_runs` runs."""
         # Committed on its own, first: the run is on record even if retention fails or the
         # process dies, and it counts among the runs retention keeps.
-        self._conn.execute(_insert_sql("tune_runs", _RUN_INSERT_COLUMNS), _run_params(run))
+        with _writing(self._path):
+            self._conn.execute(_insert_sql("tune_runs", _RUN_INSERT_COLUMNS), _run_params(run))
         old = {"current": run.run_id, "keep_others": self._retain_runs - 1}
         with self._transaction():
             # Trials first: they reference their run.
@@ -347,9 +409,10 @@ class Store:
 
     def record_trial(self, trial: TrialRecord) -> int:
         """Inserts one trial, committed at once; returns its id."""
-        cursor = self._conn.execute(
-            _insert_sql("tune_trials", _TRIAL_INSERT_COLUMNS), _trial_params(trial)
-        )
+        with _writing(self._path):
+            cursor = self._conn.execute(
+                _insert_sql("tune_trials", _TRIAL_INSERT_COLUMNS), _trial_params(trial)
+            )
         trial_id = cursor.lastrowid
         assert trial_id is not None  # always set by an INSERT into a rowid table
         return trial_id
@@ -406,15 +469,32 @@ class Store:
         """Closes the run unless it is closed already (a crash path's backstop); True if it did."""
         try:
             self.finish_run(run_id, exit_reason, ended_at=ended_at)
-        except RunAlreadyFinished:
+        except (RunAlreadyFinished, UnknownRun):  # closed already, or never recorded at all
             return False
         return True
 
+    def begin_apply(self, run_id: str, pending: PendingApply) -> None:
+        """Records, before the config is written, what `--apply` is about to write."""
+        document = json.dumps({"config": pending.config_path, "sha256": pending.sha256})
+        self._update_run(run_id, "apply_pending_json = ?", (document,))
+
     def mark_applied(self, run_id: str) -> None:
         """Records that the run's recommendation was written to the config (`--apply`)."""
+        self._update_run(run_id, "applied = 1, apply_pending_json = NULL", ())
+
+    def settle_pending_applies(self) -> None:
+        """Turns the pending records of applies killed half-way into what happened."""
+        rows = self._conn.execute(
+            "SELECT run_id, apply_pending_json FROM tune_runs WHERE apply_pending_json IS NOT NULL"
+        ).fetchall()
+        for row in rows:
+            applied = "1" if _pending_landed(row["apply_pending_json"]) else "applied"
+            self._update_run(row["run_id"], f"applied = {applied}, apply_pending_json = NULL", ())
+
+    def _update_run(self, run_id: str, assignments: str, values: tuple[str, ...]) -> None:
         with self._transaction():
             cursor = self._conn.execute(
-                "UPDATE tune_runs SET applied = 1 WHERE run_id = ?", (run_id,)
+                f"UPDATE tune_runs SET {assignments} WHERE run_id = ?", (*values, run_id)
             )
             if cursor.rowcount != 1:
                 raise UnknownRun(f"no run {run_id!r}")
@@ -442,20 +522,35 @@ class Store:
 class StoreActor(pykka.ThreadingActor):
     """Owns the Store on the actor's thread, where its connection was opened."""
 
-    # Opened by on_start, which pykka runs before handling any message.
-    _store: Store
-
     def __init__(self, path: Path, *, retain_runs: int = DEFAULT_RETAIN_RUNS) -> None:
         super().__init__()
         self._path = path
         # Checked here, in the caller's thread, so a bad value fails the start call itself.
         self._retain_runs = _checked_retain_runs(retain_runs)
+        # Set by on_start, which pykka runs before handling any message.
+        self._opened: Store | None = None
+        self._unavailable: StoreUnavailable | None = None
 
     def on_start(self) -> None:
-        self._store = Store(self._path, retain_runs=self._retain_runs)
+        try:
+            self._opened = Store(self._path, retain_runs=self._retain_runs)
+        except StoreUnavailable as error:
+            # Kept, not raised: a failed on_start kills the actor, and every caller would get
+            # an ActorDeadError instead of why. Each call now raises the reason.
+            self._unavailable = error
+            return
+        self._opened.settle_pending_applies()
+
+    @property
+    def _store(self) -> Store:
+        if self._opened is None:
+            assert self._unavailable is not None  # on_start either opened it or kept why not
+            raise self._unavailable
+        return self._opened
 
     def on_stop(self) -> None:
-        self._store.close()
+        if self._opened is not None:
+            self._opened.close()
 
     def begin_run(self, run: RunStart) -> None:
         self._store.begin_run(run)
@@ -486,7 +581,13 @@ class StoreActor(pykka.ThreadingActor):
         )
 
     def close_if_open(self, run_id: str, exit_reason: ExitReason, *, ended_at: datetime) -> bool:
-        return self._store.close_if_open(run_id, exit_reason, ended_at=ended_at)
+        try:
+            return self._store.close_if_open(run_id, exit_reason, ended_at=ended_at)
+        except StoreUnavailable as error:
+            # The backstop of a run that ends anyway: say why its row stays open, and let the
+            # orderly stop go on (whoever failed to write first has reported it already).
+            log.warning("run %s left open: %s", run_id, error)
+            return False
 
     def runs(self) -> list[StoredRun]:
         return self._store.runs()

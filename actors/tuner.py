@@ -42,7 +42,14 @@ from macprovider.actors.recommendation import (
     recipe_hash,
     recommend,
 )
-from macprovider.actors.store import KvBits, RunStart, Stage, StoreProxy, TrialRecord
+from macprovider.actors.store import (
+    KvBits,
+    RunStart,
+    Stage,
+    StoreProxy,
+    StoreUnavailable,
+    TrialRecord,
+)
 from macprovider.actors.supervisor import SupervisorProxy
 from macprovider.actors.tuning import (
     Budget,
@@ -515,6 +522,12 @@ class TunerActor(pykka.ThreadingActor):
     def _tune(self) -> None:
         try:
             summary = self._tuner.run()
+        except StoreUnavailable as error:
+            # Not a bug, and nothing can be recorded: the run ends on the one-line reason.
+            # Every provider was stopped before the write that failed (see `_trial`).
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._supervisor.give_up(ExitReason.INTERNAL_ERROR.value, str(error))
+            return
         except Exception:
             trace = traceback.format_exc()
             log.error("the tuner failed:\n%s", trace)

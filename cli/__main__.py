@@ -1,3 +1,3 @@
-from macprovider.cli.main import main
+from macprovider.cli.launch import main
 
 main()

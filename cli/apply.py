@@ -25,12 +25,10 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +46,8 @@ from yaml.events import (
     ScalarEvent,
 )
 
+from macprovider.actors.stop_signals import STOP
+from macprovider.cli.atomic_file import create_file, replace_file
 from macprovider.cli.errors import ApplyError
 from macprovider.server.config import (
     CONFIG_OPTION,
@@ -382,12 +382,18 @@ def _verify(
 
 
 def apply_to_config(
-    path: Path, values: Mapping[str, OwnedValue], *, now: Callable[[], float] = time.time
+    path: Path,
+    values: Mapping[str, OwnedValue],
+    *,
+    now: Callable[[], float] = time.time,
+    before_write: Callable[[bytes], None] | None = None,
 ) -> Applied:
     """Rewrite the owned keys of the config at `path` atomically, after a backup of it.
 
     A missing file (and its folders) is created with just the owned keys, mode 0o600, no backup.
-    When nothing would change, nothing is written. Raises ApplyError; the config is then as it
+    When nothing would change, nothing is written. `before_write(new_bytes)` runs just before
+    the config is written (autotune records there what it is about to write). Raises ApplyError,
+    or `Interrupted` when a stop signal came before the commit point; the config is then as it
     was, and no temporary file or backup of this call is left behind.
     """
     target = Path(os.path.realpath(path))  # through a symlink: replace its target, keep the link
@@ -396,21 +402,30 @@ def apply_to_config(
     new = rewrite_owned_keys(text, values, source=str(path)).encode()
     if new == original:
         return Applied(path, None, changed=False)
+    STOP.raise_if_requested()
     try:
         if original is None:
             target.parent.mkdir(mode=_NEW_CONFIG_DIR_MODE, parents=True, exist_ok=True)
-            _replace(target, new, NEW_CONFIG_MODE)
+            _write(target, new, NEW_CONFIG_MODE, before_write)
             return Applied(path, None, changed=True)
         mode = stat.S_IMODE(os.stat(target).st_mode)
         backup = _backup(target, original, mode, int(now()), path)
         try:
-            _replace(target, new, mode)
+            _write(target, new, mode, before_write)
         except BaseException:
             backup.unlink(missing_ok=True)  # the config is unchanged: its copy is noise
             raise
         return Applied(path, backup, changed=True)
     except OSError as err:
         raise _refusal(str(path), _os_reason(err)) from None
+
+
+def _write(
+    target: Path, data: bytes, mode: int, before_write: Callable[[bytes], None] | None
+) -> None:
+    if before_write is not None:
+        before_write(data)
+    replace_file(target, data, mode)
 
 
 def _os_reason(err: OSError) -> str:
@@ -434,56 +449,15 @@ def _decode(data: bytes, path: Path) -> str:
         raise _refusal(str(path), f"not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
-def _write_synced(fd: int, data: bytes, mode: int) -> None:
-    with os.fdopen(fd, "wb") as file:
-        os.fchmod(file.fileno(), mode)  # exactly `mode`: the umask neither widens nor narrows it
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
 def _backup(target: Path, data: bytes, mode: int, ts: int, path: Path) -> Path:
     """A byte-identical copy of the config, `<name>.bak-<ts>-<n>` with the lowest free n."""
     for n in range(MAX_BACKUP_COUNTER + 1):
         backup = target.with_name(f"{target.name}.bak-{ts}-{n}")
-        try:
-            # 0o600 until fchmod: a token is never readable by others, even for a moment.
-            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            continue
-        try:
-            _write_synced(fd, data, mode)
-        except BaseException:
-            backup.unlink(missing_ok=True)
-            raise
-        return backup
+        if create_file(backup, data, mode):
+            return backup
     raise _refusal(
         str(path), f"backups {target.name}.bak-{ts}-0 to -{MAX_BACKUP_COUNTER} all exist"
     )
-
-
-def _replace(target: Path, data: bytes, mode: int) -> None:
-    """Temp file in the same folder (created exclusively), fsync, rename, fsync the folder."""
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        _write_synced(fd, data, mode)
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_folder(target.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename durable. Some filesystems refuse to fsync (or a folder to be opened); the
-    # rename has happened by then, so that is no reason to report the apply as failed.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --- what the operator reads ----------------------------------------------------------------------

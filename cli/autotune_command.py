@@ -7,6 +7,7 @@ stdout carries the result only (the RECOMMENDATION block, or just the JSON docum
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -21,7 +22,8 @@ from rich.console import Console
 
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.messages import RestoreReport
-from macprovider.actors.store import Store
+from macprovider.actors.stop_signals import Interrupted
+from macprovider.actors.store import PendingApply, Store
 from macprovider.actors.tuner import TuneListener
 from macprovider.cli.apply import (
     Applied,
@@ -121,8 +123,15 @@ def _tune_and_print(job: AutotuneRun, output: Output, apply_to: ApplyTo | None) 
         result = tune(job, listener, before_restore)
     wall_s = time.monotonic() - started
     code = _finish(result, job.db_path, output, wall_s, applied[0] if applied else None)
-    if result.before_restore_error is not None:
-        raise result.before_restore_error  # e.g. ApplyError: one line and its exit code
+    error = result.before_restore_error
+    if isinstance(error, Interrupted):
+        # The run itself ended as recorded; only the write was given up, before it began.
+        click.echo(
+            f"{PROG}: not applied: {error} (`autotune --report-only --apply` applies it)",
+            err=True,
+        )
+    elif error is not None:
+        raise error  # e.g. ApplyError: one line and its exit code
     return code
 
 
@@ -171,13 +180,21 @@ def apply_recommendation(report: RunReport, apply_to: ApplyTo) -> Applied | None
         click.echo(f"{PROG}: not applied: the run ended with {what}", err=True)
         return None
     values = owned_values(recommendation.model, recommendation.knobs())
-    applied = apply_to_config(config_path(apply_to.config, os.environ), values)
-    if applied.changed:
-        store = Store(report.db_path)
-        try:
-            store.mark_applied(report.run.start.run_id)
-        finally:
-            store.close()
+    path = config_path(apply_to.config, os.environ)
+    run_id = report.run.start.run_id
+    store = Store(report.db_path)
+    try:
+
+        def record_intent(new: bytes) -> None:
+            # Before the write, so a process killed right after it is still read as applied.
+            digest = hashlib.sha256(new).hexdigest()
+            store.begin_apply(run_id, PendingApply(os.path.realpath(path), digest))
+
+        applied = apply_to_config(path, values, before_write=record_intent)
+        if applied.changed:
+            store.mark_applied(run_id)
+    finally:
+        store.close()
     return applied
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from macprovider.actors.autotune_inputs import AutotuneInputError
 from macprovider.actors.exit_reasons import ExitReason
+from macprovider.actors.stop_signals import EXIT_INTERRUPTED
 from macprovider.cli.errors import ApplyError, ReportError, ReportHtmlError, ServiceError
 from macprovider.server.errors import (
     ConfigError,
@@ -68,5 +69,5 @@ AUTOTUNE_EXIT_CODES: dict[ExitReason, int] = {
     ExitReason.PRE_WARM_INTEGRITY_FAILURE: EX_DATAERR,
     ExitReason.PROVIDER_CONFLICT: EX_UNAVAILABLE,
     ExitReason.INTERNAL_ERROR: EX_SOFTWARE,
-    ExitReason.INTERRUPTED: 130,
+    ExitReason.INTERRUPTED: EXIT_INTERRUPTED,
 }

@@ -29,6 +29,7 @@ from macprovider.actors.autotune_inputs import (
     DEFAULT_TARGET_CONTEXT,
     DEFAULT_TPS_TIE_EPSILON,
 )
+from macprovider.actors.stop_signals import EXIT_INTERRUPTED, Interrupted
 from macprovider.cli.exits import EX_USAGE, USER_ERRORS, exit_code_for, run_exit_code
 from macprovider.cli.service import service
 from macprovider.server.config import SERVE_OPTIONS, resolve_serve_config
@@ -99,11 +100,14 @@ def serve(no_join: bool, **knobs: str | None) -> int:
 def run(state_dir: Path | None, **knobs: str | None) -> int:
     """Keep the configured provider alive (what launchd/systemd run).
 
-    The provider is resolved like `serve` and started with --no-join. A crash
-    restarts it after 1 s, doubling to 60 s (reset after 10 min healthy); 5 crashes
-    within 5 minutes is a crash loop: exit 75. It is health-checked every 10 s.
-    SIGTERM/SIGINT stop it gracefully and exit 0 (a second one: at once, 130);
-    SIGHUP re-reads the config and restarts it if its model, port or knobs changed.
+    Every option is resolved like `serve`'s and handed to the provider, started
+    with --no-join: as a flag, except the API key, which goes in its environment
+    (MACPROVIDER_API_KEY; a command line is visible to every user through ps). A
+    crash restarts it after 1 s, doubling to 60 s (reset after 10 min healthy); 5
+    crashes within 5 minutes is a crash loop: exit 75. It is health-checked every
+    10 s. SIGTERM/SIGINT stop it gracefully and exit 0 (a second one: at once, 130);
+    SIGHUP re-reads the config and restarts it if its model, port, knobs or key
+    changed.
     """
     from macprovider.cli.run import default_state_dir, run_provider
 
@@ -418,11 +422,14 @@ def _invoke() -> int:
     try:
         result = cli.main(prog_name=PROG, standalone_mode=False)
     except click.exceptions.Abort:
-        return 130
+        return EXIT_INTERRUPTED
     except click.ClickException as error:
         error.show()
         return EX_USAGE
     except USER_ERRORS as error:
         click.echo(f"{PROG}: error: {error}", err=True)
         return exit_code_for(error)
+    except Interrupted as stop:  # a write given up at its commit point: nothing changed
+        click.echo(f"{PROG}: interrupted: {stop}", err=True)
+        return EXIT_INTERRUPTED
     return result if isinstance(result, int) else 0

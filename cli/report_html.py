@@ -7,11 +7,8 @@ operator and tool data, and a note may well quote a stderr line holding markup.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import math
-import os
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +18,7 @@ from typing import Final
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.recommendation import Recommendation
 from macprovider.actors.store import StoredTrial, TrialRecord
+from macprovider.cli.atomic_file import replace_file
 from macprovider.cli.autotune_render import kv_bits_text
 from macprovider.cli.errors import ReportHtmlError
 from macprovider.cli.run_report import RunReport
@@ -49,25 +47,16 @@ def render_html(report: RunReport) -> str:
 
 
 def write_html(report: RunReport, path: Path) -> None:
-    """Writes the page atomically: a temp file in the same directory, then `os.replace`, so a
-    reader never sees half a page and an old page survives a failed write."""
+    """Writes the page atomically (`atomic_file`): a reader never sees half a page and an old
+    page survives a failed write."""
     text = render_html(report)
     parent = path.parent
     if not parent.is_dir():
         what = "does not exist" if not parent.exists() else "is not a directory"
         raise ReportHtmlError(f"cannot write {path}: directory {parent} {what}")
-    temp = parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        # os.open with 0o666 honours the umask, as a plain `open` of the target would.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
+        replace_file(path, text.encode(), mode=None)  # None: the umask's say, as `open` has
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
         raise ReportHtmlError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 

@@ -1,9 +1,19 @@
-"""`macprovider-supervise run`: keep the configured provider alive under the Supervisor."""
+"""`macprovider-supervise run`: keep the configured provider alive under the Supervisor.
+
+`run` takes every option `serve` takes and resolves them with serve's resolver, once per
+(re)load. The provider then gets each resolved knob as a flag (`--host`, `--max-queue`, ...),
+so it binds and queues exactly as resolved here, except the API key: a command line is
+readable by every user on the machine (`ps`), so the key reaches the provider through its
+environment (`MACPROVIDER_API_KEY`), never its argv. The supervisor's own requests to the
+provider (readiness, health) carry the same key, at the host it binds (loopback for a
+wildcard such as 0.0.0.0).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +25,7 @@ from macprovider.actors.messages import Knobs, RunOutcome
 from macprovider.actors.provider import ProcessGroups, ProviderProxy, start_provider_actor
 from macprovider.actors.runtime import supervise
 from macprovider.actors.supervisor import ChildSpec, SupervisorProxy
-from macprovider.server.config import resolve_serve_config
+from macprovider.server.config import CONFIG_OPTION, KNOBS, resolve_serve_config
 from macprovider.server.models import resolve_model_path
 
 
@@ -29,17 +39,27 @@ def load_target(knobs: Mapping[str, str | None]) -> Target:
     config = resolve_serve_config(knobs, os.environ, ram_bytes=psutil.virtual_memory().total)
     assert config.model is not None  # require_model=True guarantees it
     resolve_model_path(config.model)
-    knobs_ = Knobs(config.kv_bits, config.max_context, config.max_batch, config.memory_limit_gb)
-    return Target(config.model, config.port, knobs_, config.config_path)
+    # Knobs' fields are named after the knobs: every one of them is forwarded, as resolved.
+    resolved = Knobs(**{f.name: getattr(config, f.name) for f in fields(Knobs)})
+    return Target(config.model, config.port, resolved, config.config_path, config.api_key)
 
 
 def run_provider(knobs: Mapping[str, str | None], state_dir: Path) -> RunOutcome:
     """Resolves the config (errors raise before anything starts), then supervises."""
     first = load_target(knobs)
-    # The provider resolves host, API key and the rest itself, from the same config file.
+    # The provider still reads the config file itself, for what only the file holds.
     child_env = dict(os.environ)
     if first.config_path.exists():
-        child_env["MACPROVIDER_CONFIG"] = str(first.config_path)
+        child_env[CONFIG_OPTION.env] = str(first.config_path)
+    # A knob this command line sets to `unset` has no flag to forward (None is omitted), yet
+    # must still outrank the environment and the file for the provider, as it did here.
+    child_env.update(
+        {
+            spec.env: raw
+            for spec in KNOBS
+            if (raw := knobs.get(spec.name)) is not None and spec.from_text(raw) is None
+        }
+    )
     groups = ProcessGroups()
     actors: dict[str, Any] = {}
 

@@ -32,14 +32,12 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ from typing import Any, Literal
 import click
 
 from macprovider.cli.apply import LAUNCHD_LABEL, SYSTEMD_UNIT
+from macprovider.cli.atomic_file import replace_file
 from macprovider.cli.errors import ServiceError
 
 __all__ = [
@@ -229,7 +228,7 @@ def install(file: ServiceFile, *, force: bool, dry_run: bool) -> Installed:
     try:
         for folder in (file.path.parent, *file.extra_dirs):
             folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(file.path, data, FILE_MODE)
+        replace_file(file.path, data, FILE_MODE)
     except OSError as err:
         raise ServiceError(f"cannot write {file.path}: {_reason(err)}") from None
     return outcome
@@ -272,22 +271,6 @@ def _read(path: Path) -> bytes | None:
         return None
     except OSError as err:
         raise ServiceError(f"cannot read {path}: {_reason(err)}") from None
-
-
-def _write_atomic(target: Path, data: bytes, mode: int) -> None:
-    """Temp file in the same folder, fsync, rename: a reader sees the old file or the new one."""
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), mode)  # exactly `mode`, whatever the umask
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
 
 
 def _reason(err: OSError) -> str:

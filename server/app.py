@@ -11,6 +11,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from macprovider.server import routes
+from macprovider.server.connections import mend_connections
 from macprovider.server.errors import ApiError, BadRequest, NotFound, ServerError, Unauthorized
 from macprovider.server.provider import Provider
 
@@ -76,4 +77,10 @@ def create_app(provider: Provider) -> QuartTrio:
         return error_response(ServerError(f"internal error: {error}"))
 
     routes.register(app, provider)
+    # A body a little over the limit is worth reading to keep the connection for the 413;
+    # a client answered early gets as long to finish its body as one that is not. (Wrapping
+    # `asgi_app` is Quart's way to add ASGI middleware; mypy sees it as replacing a method.)
+    app.asgi_app = mend_connections(  # type: ignore[method-assign,assignment]
+        app.asgi_app, drain_bytes=2 * MAX_BODY_BYTES, drain_seconds=app.config["BODY_TIMEOUT"]
+    )
     return app

@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
@@ -36,6 +37,7 @@ __all__ = [
     "MEMORY_LIMIT_GB",
     "MODEL",
     "PORT",
+    "SECRET_YAML_ONLY_KEYS",
     "SERVE_OPTIONS",
     "CliOption",
     "KnobSpec",
@@ -44,6 +46,7 @@ __all__ = [
     "is_loopback_host",
     "load_config_file",
     "resolve_serve_config",
+    "serve_flags",
 ]
 
 T = TypeVar("T")
@@ -70,7 +73,7 @@ DEFAULT_HOST = "127.0.0.1"
 _UNSET_TOKEN = "unset"
 
 # Of the keys only the YAML file carries (passed on uninterpreted), those never to echo.
-_SECRET_YAML_ONLY_KEYS = frozenset({"provider_token"})
+SECRET_YAML_ONLY_KEYS = frozenset({"provider_token"})
 _SHOWN_VALUE_MAX = 60
 
 
@@ -367,6 +370,30 @@ KNOBS: tuple[KnobSpec[Any], ...] = (
 SERVE_OPTIONS: tuple[CliOption, ...] = (*KNOBS, CONFIG_OPTION)
 
 
+def serve_flags(values: Mapping[str, object]) -> list[str]:
+    """`serve`'s flags setting each knob named in `values` (by `KnobSpec.name`) to its value,
+    in `KNOBS` order; a None value is left out. Each value is written as text its knob reads
+    back to the same value. A secret knob is refused: a command line is public (`ps`)."""
+    unknown = values.keys() - {spec.name for spec in KNOBS}
+    if unknown:
+        raise ValueError(f"not serve knobs: {', '.join(sorted(unknown))}")
+    flags: list[str] = []
+    for spec in KNOBS:
+        value = values.get(spec.name)
+        if value is None:
+            continue
+        if spec.secret:
+            raise ValueError(f"{spec.flag} never goes on a command line; use {spec.env}")
+        flags += [spec.flag, _as_text(value)]
+    return flags
+
+
+def _as_text(value: object) -> str:
+    # Decimal: the shortest text of the float, never an exponent (`1e-05`), which the GB
+    # parser refuses.
+    return format(Decimal(repr(value)), "f") if isinstance(value, float) else str(value)
+
+
 # --- the resolved configuration ---------------------------------------------------------------
 
 
@@ -502,7 +529,7 @@ class _Layers:
             self.sources[key] = "default"
             return None
         value, self.sources[key] = self._yaml(
-            key, key, _text_from_yaml, key in _SECRET_YAML_ONLY_KEYS
+            key, key, _text_from_yaml, key in SECRET_YAML_ONLY_KEYS
         )
         return value
 

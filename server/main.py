@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import signal
@@ -16,16 +17,20 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from macprovider.server.app import create_app
 from macprovider.server.config import ServeConfig
+from macprovider.server.connections import KEEP_ALIVE_SECONDS
 from macprovider.server.errors import PortUnavailable
 from macprovider.server.memory_budget import check_memory_budget
 from macprovider.server.metrics import Metrics
-from macprovider.server.parent_guard import arm_death_signal, wait_for_parent_exit
+from macprovider.server.parent_guard import wait_for_parent_exit
 from macprovider.server.provider import Provider
 
 log = logging.getLogger("macprovider.serve")
 
 # In-flight requests get this long to finish after SIGTERM; then they are cancelled.
 DRAIN_SECONDS = 3.0
+# Cancelled streams then get this long to send their last chunk, error and [DONE] before
+# Hypercorn is told to close; the drain and this stay within FORCED_EXIT_SECONDS.
+WRAP_UP_SECONDS = 1.0
 ENGINE_STOP_SECONDS = 1.0
 # Hypercorn shields every socket write, so a client that stopped reading can hold the
 # drain open forever; past this the process leaves anyway (the OS frees the port).
@@ -55,8 +60,6 @@ def run(config: ServeConfig, model_path: Path, *, parent: int | None = None) -> 
     signal exits 130 at once), or a failure (raised)."""
     check_memory_budget(config, model_path)
     check_port_free(config.host, config.port)
-    if parent is not None:
-        arm_death_signal()
     provider = trio.run(_serve, config, model_path, parent)
     if provider.failure is not None:
         raise provider.failure
@@ -76,6 +79,7 @@ async def _serve(config: ServeConfig, model_path: Path, parent: int | None) -> P
     hypercorn = HypercornConfig()
     hypercorn.bind = [bind_address(config.host, config.port)]
     hypercorn.graceful_timeout = DRAIN_SECONDS
+    hypercorn.keep_alive_timeout = KEEP_ALIVE_SECONDS
     hypercorn.accesslog = None
     hypercorn.errorlog = log  # one handler for everything the provider says
     async with trio.open_nursery() as nursery:
@@ -83,9 +87,11 @@ async def _serve(config: ServeConfig, model_path: Path, parent: int | None) -> P
         if parent is not None:
             nursery.start_soon(_watch_parent, provider, parent)
         await provider.start(nursery)
-        await hypercorn_serve(
-            create_app(provider), hypercorn, shutdown_trigger=provider.shutdown.wait
-        )
+        # Our drain, not Hypercorn's graceful timeout, ends the requests in flight: Hypercorn
+        # would stop listening at once (a new request gets no 503) and then cut the
+        # connections mid-stream, before the engine's cancelled events could end them.
+        drained = functools.partial(provider.drain, DRAIN_SECONDS, WRAP_UP_SECONDS)
+        await hypercorn_serve(create_app(provider), hypercorn, shutdown_trigger=drained)
         nursery.cancel_scope.cancel()
     if provider.engine is not None:
         provider.engine.stop(ENGINE_STOP_SECONDS)

@@ -1,4 +1,4 @@
-"""State the routes share: the engine, admission, and routing of engine events to requests.
+"""State the routes share: the engine, admission, tokenizing, and routing of engine events.
 
 The engine calls `emit` from its own thread once per decode step; the events
 reach the trio loop through `TrioToken.run_sync_soon` (a non-blocking hand-off)
@@ -8,21 +8,112 @@ and are routed to each request's memory channel.
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from macprovider.server.api import DEFAULT_MAX_TOKENS, GenerationParams
 from macprovider.server.config import ServeConfig
 from macprovider.server.engine import Engine, Event, Job, JobFailed, JobFinished, SamplingParams
-from macprovider.server.errors import EngineDied, ModelLoadError, Overloaded, ServeError
+from macprovider.server.errors import (
+    EngineDied,
+    ModelLoadError,
+    Overloaded,
+    ServeError,
+    ShuttingDown,
+)
 from macprovider.server.metrics import Metrics
 
 log = logging.getLogger("macprovider.serve")
+
+# A prompt of more characters than this is tokenized in the large-prompt lane. At about
+# 1 µs a byte that is some 60 ms of English: about the longest a small request waits.
+LARGE_PROMPT_CHARS = 64 * 1024
+# Pre-tokenizers that only split the text, never drop or rewrite any of it.
+_SPLITTING_PRE_TOKENIZERS = frozenset({"ByteLevel", "Split", "Digits", "Punctuation"})
+
+
+def longest_token_bytes(tokenizer: Any) -> int | None:
+    """The most bytes of text one token can stand for (added and special tokens included),
+    or None when this tokenizer rewrites the text before splitting it, so no such bound holds.
+
+    With it, a text of B bytes is at least ceil(B / L) tokens. That is exact only when
+    every token is a piece of the text as given: a normalizer may shrink it (NFC composes
+    three Hangul jamo, 9 bytes, into one 3-byte syllable), a pre-tokenizer may drop
+    whitespace, an added token with lstrip/rstrip swallows the whitespace beside it, and an
+    unknown-token model may map a run of text to one token."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    model = spec.get("model") or {}
+    if (
+        spec.get("normalizer") is not None
+        or not _splits_only(spec.get("pre_tokenizer"))
+        or (spec.get("decoder") or {}).get("type") not in (None, "ByteLevel")
+        or model.get("type") != "BPE"
+        or model.get("unk_token") is not None
+        or any(t.get("lstrip") or t.get("rstrip") for t in spec.get("added_tokens", []))
+    ):
+        return None
+    # A byte-level piece of a character decodes to U+FFFD, 3 bytes for 1: an overestimate,
+    # which only weakens the bound.
+    pieces = tokenizer.batch_decode(
+        [[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False
+    )
+    return max(1, *(len(piece.encode()) for piece in pieces))
+
+
+def _splits_only(pre_tokenizer: dict[str, Any] | None) -> bool:
+    if pre_tokenizer is None:
+        return True
+    if pre_tokenizer["type"] == "Sequence":
+        return all(_splits_only(p) for p in pre_tokenizer["pretokenizers"])
+    kind_ok = pre_tokenizer["type"] in _SPLITTING_PRE_TOKENIZERS
+    return kind_ok and pre_tokenizer.get("behavior") != "Removed"
+
+
+class Tokenization:
+    """Tokenizing prompts in two lanes, small and large, each with its own tokenizer copy.
+
+    Measured here (tokenizers 0.23, transformers 5): the tokenizer's `encode` releases the
+    GIL for its Rust part (a Python thread beside it keeps 97 % of its pace) and takes
+    about 1 µs a byte, so behind one shared lock a 5 MB prompt held every request for
+    seconds. Two encodes on one tokenizer did run side by side, but transformers rewrites
+    the backend's truncation and padding settings from inside a call whenever they differ
+    from the last call's, which would reach into a concurrent one; a copy per lane costs
+    a few MB and makes that moot. Each lane runs one call at a time: small prompts never
+    wait behind a large one, and a burst of large prompts takes one core, not all of them.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.max_token_bytes = longest_token_bytes(tokenizer)
+        self._small = (tokenizer, trio.CapacityLimiter(1))
+        self._large = (copy.deepcopy(tokenizer), trio.CapacityLimiter(1))
+
+    def min_tokens(self, text_bytes: int) -> int:
+        """The fewest tokens this many bytes of text can encode to (0 without a bound)."""
+        if self.max_token_bytes is None:
+            return 0
+        return -(-text_bytes // self.max_token_bytes)
+
+    async def encode(self, text: str, *, special_tokens: bool) -> list[int]:
+        large = len(text) > LARGE_PROMPT_CHARS
+        if large:
+            log.info("tokenizing a prompt of %d characters in the large-prompt lane", len(text))
+        tokenizer, limiter = self._large if large else self._small
+
+        def encode() -> list[int]:
+            return list(tokenizer.encode(text, add_special_tokens=special_tokens))
+
+        return await trio.to_thread.run_sync(encode, limiter=limiter)
 
 
 class Provider:
@@ -32,14 +123,17 @@ class Provider:
         self.metrics = metrics
         self.served_id = config.model or model_path.name
         self.created = int(time.time())
+        # Set once the server is to stop (a signal, the supervisor gone, a failure): no job
+        # is admitted after it; `drain` then ends the ones in flight.
         self.shutdown = trio.Event()
         self.failure: ServeError | None = None  # why the server stopped by itself
         self.engine: Engine | None = None
+        self._tokenization: Tokenization | None = None
         self.in_flight = 0
         self._channels: dict[int, trio.MemorySendChannel[Event]] = {}
         self._next_job = 0
         self._token: trio.lowlevel.TrioToken | None = None
-        self._tokenizer_lock = trio.CapacityLimiter(1)
+        self._all_detached = trio.lowlevel.ParkingLot()
 
     async def start(self, nursery: trio.Nursery) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -59,7 +153,16 @@ class Provider:
         if self.engine.load_error:
             self._fail(ModelLoadError(self.engine.load_error))
             return
-        log.info("model loaded from %s; serving it as %r", self.model_path, self.served_id)
+        self._tokenization = await trio.to_thread.run_sync(Tokenization, self.engine.tokenizer)
+        bound = self._tokenization.max_token_bytes
+        log.info(
+            "model loaded from %s; serving it as %r (%s)",
+            self.model_path,
+            self.served_id,
+            f"no token is longer than {bound} bytes"
+            if bound
+            else "its tokenizer rewrites text, so prompts are measured only by tokenizing",
+        )
         await trio.to_thread.run_sync(self.engine.finished.wait, abandon_on_cancel=True)
         if not self.shutdown.is_set():
             self._fail(EngineDied("the engine thread ended unexpectedly"))
@@ -70,8 +173,7 @@ class Provider:
 
     @property
     def ready(self) -> bool:
-        engine = self.engine
-        return engine is not None and engine.ready.is_set() and not engine.load_error
+        return self._tokenization is not None
 
     @property
     def tokenizer(self) -> object:
@@ -81,11 +183,17 @@ class Provider:
     def accepts_model(self, name: str | None) -> bool:
         return name is None or name in (self.served_id, self.model_path.name)
 
-    async def encode(self, fn: Callable[[], list[int]]) -> list[int]:
-        # The HF tokenizer is not safe for concurrent use, so calls go one at a time.
-        return await trio.to_thread.run_sync(fn, limiter=self._tokenizer_lock)
+    def check_admitting(self) -> None:
+        if self.shutdown.is_set():
+            raise ShuttingDown("the server is shutting down and takes no new requests")
+
+    @property
+    def tokenization(self) -> Tokenization:
+        assert self._tokenization is not None
+        return self._tokenization
 
     def admit(self, prompt: list[int], params: GenerationParams) -> Generation:
+        self.check_admitting()
         config = self.config
         if self.in_flight >= config.max_batch + config.max_queue:
             raise Overloaded(
@@ -108,6 +216,29 @@ class Provider:
         self._next_job += 1
         return Generation(self, job)
 
+    async def drain(self, grace: float, wrap_up: float) -> None:
+        """Returns once the connections may be closed. After a failure that is at once.
+        After a shutdown, the jobs in flight get `grace` seconds to finish; the rest are
+        then cancelled, and their requests get `wrap_up` seconds to send their last bytes
+        (a client that stopped reading is not waited for)."""
+        await self.shutdown.wait()
+        if self.failure is not None:
+            return
+        with trio.move_on_after(grace):
+            await self._until_idle()
+        if self._channels:
+            log.info("cancelling %d unfinished request(s)", len(self._channels))
+            assert self.engine is not None
+            for job_id in self._channels:
+                # The engine answers each with a "cancelled" end, which closes its request.
+                self.engine.cancel(job_id)
+        with trio.move_on_after(wrap_up):
+            await self._until_idle()
+
+    async def _until_idle(self) -> None:
+        while self.in_flight:
+            await self._all_detached.park()
+
     def _attach(self, job: Job) -> trio.MemoryReceiveChannel[Event]:
         assert self.engine is not None
         send, receive = trio.open_memory_channel[Event](math.inf)
@@ -119,6 +250,8 @@ class Provider:
     def _detach(self, job_id: int, *, cancel: bool) -> None:
         del self._channels[job_id]
         self.in_flight -= 1
+        if not self.in_flight:
+            self._all_detached.unpark_all()
         if cancel and self.engine is not None:
             self.engine.cancel(job_id)
 

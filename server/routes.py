@@ -6,10 +6,11 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -96,17 +97,27 @@ def usage(finished: JobFinished) -> dict[str, int]:
     }
 
 
+# OpenAI's finish reasons are a closed set with no "aborted": a job the shutdown cut short
+# reports "length", the one that says the text ended before the model ended it, and the
+# error event after it says why.
+CUT_FINISH = "length"
+
+
+def _cut_by_shutdown() -> ShuttingDown:
+    return ShuttingDown("the server is shutting down; the request was cancelled")
+
+
 def _outcome(batch: list[Event]) -> tuple[str, JobFinished | None]:
     """The text of a batch of events and, if the job ended, how; raises if it failed."""
     text = "".join(e.text for e in batch if isinstance(e, TextDelta))
     end = batch[-1]
     if isinstance(end, JobFailed):
         raise ServerError(end.message)
-    if isinstance(end, JobFinished):
-        if end.finish_reason == "cancelled":
-            raise ShuttingDown("the server is shutting down; the request was cancelled")
-        return text, end
-    return text, None
+    return text, end if isinstance(end, JobFinished) else None
+
+
+def _cut(end: JobFinished | None) -> bool:
+    return end is not None and end.finish_reason == "cancelled"
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -124,13 +135,15 @@ async def stream_chunks(
             if end is None and not first:
                 yield reply.text_chunk(text)
                 continue
-            finish = end.finish_reason if end else None
+            finish = (CUT_FINISH if _cut(end) else end.finish_reason) if end else None
             extra = {"usage": usage(end)} if end else {}
             choice = shape.chunk_choice(text, finish, first)
             yield _sse(reply.envelope(shape.chunk_object, choices=[choice], **extra))
             first = False
             if end and include_usage:
                 yield _sse(reply.envelope(shape.chunk_object, choices=[], usage=usage(end)))
+            if _cut(end):
+                raise _cut_by_shutdown()
     except ApiError as error:
         yield _sse(error.body())
     yield b"data: [DONE]\n\n"
@@ -142,6 +155,8 @@ async def collect(generation: Generation, reply: Reply) -> dict[str, Any]:
         async for batch in generation.batches():
             text, end = _outcome(batch)
             parts.append(text)
+            if _cut(end):
+                raise _cut_by_shutdown()
             if end is not None:
                 choice = reply.shape.full_choice("".join(parts), end.finish_reason)
                 return reply.envelope(reply.shape.full_object, choices=[choice], usage=usage(end))
@@ -168,34 +183,56 @@ class ClosingBody:
         await self._chunks.aclose()  # type: ignore[attr-defined]
 
 
-def chat_encoder(provider: Provider, req: api.ChatRequest) -> Callable[[], list[int]]:
+async def chat_text(provider: Provider, req: api.ChatRequest) -> str:
     tokenizer: Any = provider.tokenizer
 
-    def encode() -> list[int]:
+    def render() -> str:
         try:
-            text = tokenizer.apply_chat_template(
+            text: str = tokenizer.apply_chat_template(
                 list(req.messages), add_generation_prompt=True, tokenize=False
             )
         except Exception as exc:  # the template's own complaint is the useful message
             raise BadRequest(f"messages rejected by the chat template: {exc}") from None
-        return list(tokenizer.encode(text, add_special_tokens=False))
+        return text
 
-    return encode
+    # Rendering is plain Python, quick even for MB of text; a thread keeps the loop free.
+    # Its length, not the messages', bounds the tokens: templates may trim or drop content.
+    return await trio.to_thread.run_sync(render)
 
 
-def completion_encoder(provider: Provider, req: api.CompletionRequest) -> Callable[[], list[int]]:
+def too_long(shape: Shape, size: str, limit: int) -> ContextLengthExceeded:
+    return ContextLengthExceeded(
+        f"the prompt is {size}; this server's context is {limit} tokens",
+        param=shape.prompt_param,
+        code="context_length_exceeded",
+    )
+
+
+async def tokenize(
+    provider: Provider, shape: Shape, prompt: str | tuple[int, ...], *, special_tokens: bool
+) -> list[int]:
+    """The prompt's tokens, refused (413) as soon as its size says it cannot fit: text
+    whose bytes alone need more tokens than the context never reaches a tokenizer, where
+    a few MB would hold a lane for seconds only to be refused."""
+    limit = provider.config.max_context
     tokenizer: Any = provider.tokenizer
-    prompt = req.prompt
-
-    def encode() -> list[int]:
-        if isinstance(prompt, str):
-            return list(tokenizer.encode(prompt))
+    if isinstance(prompt, str):
+        text_bytes = len(prompt.encode())
+        tokenization = provider.tokenization
+        least = tokenization.min_tokens(text_bytes)
+        if least > limit:
+            size = f"{text_bytes} bytes of text, so at least {least} tokens"
+            longest = tokenization.max_token_bytes
+            raise too_long(shape, f"{size} (no token is longer than {longest} bytes)", limit)
+        tokens = await tokenization.encode(prompt, special_tokens=special_tokens)
+    else:
+        tokens = list(prompt)
         vocab = len(tokenizer)
-        if max(prompt) >= vocab:
+        if max(tokens) >= vocab:
             raise BadRequest(f"token ids must be below the vocabulary size {vocab}", param="prompt")
-        return list(prompt)
-
-    return encode
+    if len(tokens) > limit:
+        raise too_long(shape, f"{len(tokens)} tokens", limit)
+    return tokens
 
 
 def check_logit_bias(params: api.GenerationParams, vocab: int) -> None:
@@ -208,27 +245,19 @@ def check_logit_bias(params: api.GenerationParams, vocab: int) -> None:
 
 
 async def generate(
-    provider: Provider, shape: Shape, params: api.GenerationParams, encoder: Callable[[], list[int]]
+    provider: Provider,
+    shape: Shape,
+    params: api.GenerationParams,
+    prompt: str | tuple[int, ...],
+    *,
+    special_tokens: bool = True,
 ) -> Response:
-    if not provider.accepts_model(params.model):
-        raise NotFound(
-            f"model {params.model!r} is not served here; this server serves {provider.served_id!r}",
-            param="model",
-            code="model_not_found",
-        )
-    prompt = await provider.encode(encoder)
-    limit = provider.config.max_context
-    if len(prompt) > limit:
-        raise ContextLengthExceeded(
-            f"the prompt is {len(prompt)} tokens; this server's context is {limit} tokens",
-            param=shape.prompt_param,
-            code="context_length_exceeded",
-        )
-    if not prompt:
+    tokens = await tokenize(provider, shape, prompt, special_tokens=special_tokens)
+    if not tokens:
         raise BadRequest("the prompt encodes to no tokens", param=shape.prompt_param)
     tokenizer: Any = provider.tokenizer
     check_logit_bias(params, len(tokenizer))
-    generation = provider.admit(prompt, params)
+    generation = provider.admit(tokens, params)
     reply = Reply(
         shape, f"{shape.id_prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), provider.served_id
     )
@@ -239,8 +268,18 @@ async def generate(
     return Response(json.dumps(await collect(generation, reply)), mimetype="application/json")
 
 
+def check_model(provider: Provider, params: api.GenerationParams) -> None:
+    if not provider.accepts_model(params.model):
+        raise NotFound(
+            f"model {params.model!r} is not served here; this server serves {provider.served_id!r}",
+            param="model",
+            code="model_not_found",
+        )
+
+
 async def _json_body(provider: Provider) -> dict[str, Any]:
     body = api.decode_json_body(await request.get_data())
+    provider.check_admitting()
     if not provider.ready:
         raise NotReady("the model is still loading", code="model_loading")
     return body
@@ -252,12 +291,16 @@ def register(app: QuartTrio, provider: Provider) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         req = api.parse_chat_request(await _json_body(provider), max_context=max_context)
-        return await generate(provider, CHAT, req.params, chat_encoder(provider, req))
+        check_model(provider, req.params)
+        # The template writes the model's special tokens itself.
+        text = await chat_text(provider, req)
+        return await generate(provider, CHAT, req.params, text, special_tokens=False)
 
     @app.post("/v1/completions")
     async def completions() -> Response:
         req = api.parse_completion_request(await _json_body(provider), max_context=max_context)
-        return await generate(provider, COMPLETION, req.params, completion_encoder(provider, req))
+        check_model(provider, req.params)
+        return await generate(provider, COMPLETION, req.params, req.prompt)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

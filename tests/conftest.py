@@ -35,6 +35,21 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(POLL_INTERVAL)
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` now (Linux: /proc's SigCgt mask).
+
+    Python itself catches only SIGINT at start-up; a caught SIGTERM means our own handlers
+    are in place, which is how a test knows a signal will meet them and not the default."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
 def model_variant(model: Path, dest: Path, replaced: dict[str, bytes]) -> Path:
     """A copy of a fixture model at `dest`: its files symlinked, except `replaced` ones."""
     dest.mkdir(parents=True)

@@ -34,29 +34,29 @@ def machine_line() -> str:
     )
 
 
-def write_docs(section: str, body: str) -> None:
-    """Replaces the text between `<!-- section:start -->` and `<!-- section:end -->` in
-    docs/PERFORMANCE.md (appending the section when absent): hand-written notes around the
-    generated figures survive a regeneration."""
+def write_docs(section: str, body: str, doc: Path = DOCS) -> None:
+    """Replaces the text between `<!-- section:start -->` and `<!-- section:end -->` in `doc`
+    (docs/PERFORMANCE.md unless told; the section is appended when absent): hand-written notes
+    around the generated figures survive a regeneration."""
     start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
-    text = DOCS.read_text() if DOCS.exists() else "# Performance\n"
+    text = doc.read_text() if doc.exists() else f"# {doc.stem.title()}\n"
     if start in text and end in text:
         before, rest = text.split(start, 1)
         after = rest.split(end, 1)[1]
         text = before + block + after
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
-    print(f"bench: wrote {DOCS.relative_to(ROOT)} ({section})", file=sys.stderr)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    print(f"wrote {doc.relative_to(ROOT)} ({section})", file=sys.stderr)
 
 
-def provenance(command: Sequence[str]) -> str:
+def provenance(command: Sequence[str], tool: str = "ops/bench") -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
-            f"Command: `{shlex.join(['ops/bench', *command])}`",
+            f"Command: `{shlex.join([tool, *command])}`",
             "",
             f"Date: {now}",
             "",

@@ -9,6 +9,7 @@ drain findings they made themselves, and look foreground findings up by PID.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -48,6 +49,7 @@ UID = os.getuid()
 ACTOR_TIMEOUT = 30.0  # every future: a wedged actor fails the test instead of hanging it
 GRACE = 1.0  # the drain grace in tests: short, so a process that will not go fails fast
 UP_TIMEOUT = 10.0
+SECRET = "k-never-shown"
 
 # --- launchctl output ----------------------------------------------------------------------
 
@@ -174,6 +176,15 @@ def test_a_foreground_process_without_a_known_cwd_restarts_from_its_argv() -> No
     assert manual_restore_command(finding, uid=1, plist=PLIST) == "macprovider-supervise serve"
 
 
+def test_a_restore_command_shows_the_api_key_flag_but_not_the_key() -> None:
+    argv = ("macprovider-supervise", "serve", "--api-key", SECRET, "--host", "0.0.0.0")
+    finding = Finding("foreground", "foreground-PID-1", "", 1, argv)
+    assert manual_restore_command(finding, uid=1, plist=PLIST) == (
+        "macprovider-supervise serve --api-key '<hidden>' --host 0.0.0.0"
+    )
+    assert SECRET not in repr(finding)
+
+
 def test_conflict_message_names_each_finding_and_both_ways_out() -> None:
     message = conflict_message([LAUNCHD, FOREGROUND, PORT], 18080, uid=501)
     assert message.splitlines() == [
@@ -243,6 +254,17 @@ def make_drain(fakes: FakeServices, home: Path) -> Iterator[MakeDrain]:
         proxy.actor_ref.stop(timeout=ACTOR_TIMEOUT)
 
 
+# The stand-in knows no API key: it is dropped before the stand-in parses its arguments.
+KEY_DROPPING = """
+import sys
+
+args = sys.argv[1:]
+if "--api-key" in args:
+    del args[args.index("--api-key") : args.index("--api-key") + 2]
+sys.argv[1:] = [arg for arg in args if not arg.startswith("--api-key=")]
+"""
+
+
 class Programs:
     """Processes named like the provider, started by a test and all ended after it."""
 
@@ -252,11 +274,14 @@ class Programs:
         self.cwd.mkdir()
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def serve(self, name: str = "macprovider-supervise", mode: str = "ok") -> tuple[int, int]:
-        """A stand-in `<name> serve --no-join --port P --model m` listening on P; (pid, P)."""
+    def serve(
+        self, name: str = "macprovider-supervise", mode: str = "ok", *extra: str
+    ) -> tuple[int, int]:
+        """A stand-in `<name> serve --no-join --port P --model m [extra]` listening on P;
+        (pid, P). An `--api-key` among `extra` stays in the process's command line only."""
         port = free_port()
-        program = write_program(self.bin_dir, name, STANDIN_BODY)
-        argv = [str(program), "serve", "--no-join", "--port", str(port), "--model", "m"]
+        program = write_program(self.bin_dir, name, KEY_DROPPING + STANDIN_BODY)
+        argv = [str(program), "serve", "--no-join", "--port", str(port), "--model", "m", *extra]
         proc = self._start(argv, clean_env(STANDIN_MODE=mode))
         wait_until(lambda: self._listening(proc, port), UP_TIMEOUT, f"the stand-in on {port}")
         return proc.pid, port
@@ -323,6 +348,11 @@ def restore(proxy: DrainProxy) -> RestoreReport:
 
 def of_kind(findings: tuple[Finding, ...], kind: str) -> list[Finding]:
     return [finding for finding in findings if finding.kind == kind]
+
+
+def services(findings: tuple[Finding, ...]) -> list[Finding]:
+    """The fake services' findings, in detection order: never another session's serve."""
+    return [*of_kind(findings, "launchd"), *of_kind(findings, "systemd")]
 
 
 def foreground(findings: tuple[Finding, ...], pid: int) -> Finding | None:
@@ -441,6 +471,39 @@ def test_a_foreground_serve_is_found_once_with_what_restarts_it(
     assert found.cwd == str(programs.cwd)
     assert ("STANDIN_MODE", "ok") in found.env
     assert of_kind(findings, "port") == []  # its port is reported as this finding
+
+
+@pytest.mark.parametrize("key_args", [("--api-key", SECRET), (f"--api-key={SECRET}",)])
+def test_a_foreground_serve_with_a_key_is_refused_and_drained_without_showing_the_key(
+    make_drain: MakeDrain,
+    programs: Programs,
+    caplog: pytest.LogCaptureFixture,
+    key_args: tuple[str, ...],
+) -> None:
+    pid, port = programs.serve("macprovider-supervise", "ok", *key_args)
+    with caplog.at_level(logging.INFO, logger="macprovider.actors.drain"):
+        proxy = make_drain(port)
+        findings = detect(proxy)
+        found = foreground(findings, pid)
+        assert found is not None and SECRET in " ".join(found.argv)  # what a restart needs
+        refusal = conflict_message(findings, port)
+        assert f"foreground-PID-{pid}" in refusal and "--api-key" in refusal
+        assert drain(proxy, found) == Drained((found,))
+        report = restore(proxy)
+    (restart_line,) = report.not_restarted
+    assert "--api-key" in restart_line and "<hidden>" in restart_line
+    for shown in (refusal, repr(findings), repr(report), caplog.text):
+        assert SECRET not in shown
+
+
+def test_a_port_holder_with_a_key_is_described_without_it(
+    make_drain: MakeDrain, programs: Programs
+) -> None:
+    pid, port = programs.serve("macprovider-supervise-helper", "ok", "--api-key", SECRET)
+    findings = detect(make_drain(port))
+    (held,) = of_kind(findings, "port")
+    assert held.pid == pid and "macprovider-supervise-helper serve" in held.detail
+    assert SECRET not in conflict_message(findings, port)
 
 
 def test_a_helper_whose_name_contains_the_program_is_only_a_port_holder(
@@ -683,8 +746,7 @@ def test_a_failing_stop_fails_the_drain_and_restores_what_was_stopped(
     fakes.add_systemd_unit(UNIT)
     fakes.fail("systemctl", "stop", code=1, stderr="Failed to stop: Access denied")
     proxy = make_drain(free_port())
-    findings = detect(proxy)
-    result = drain(proxy, *findings)
+    result = drain(proxy, *services(detect(proxy)))
     assert isinstance(result, DrainFailed)
     assert result.reason == (
         f"systemd-managed: `systemctl --user stop {UNIT}` failed"
@@ -700,7 +762,7 @@ def test_a_failing_restore_says_what_to_run_by_hand(
     fakes.add_launchd_job(LABEL, plist, pid=None)
     fakes.add_systemd_unit(UNIT)
     proxy = make_drain(free_port())
-    assert isinstance(drain(proxy, *detect(proxy)), Drained)
+    assert isinstance(drain(proxy, *services(detect(proxy))), Drained)
     fakes.fail("systemctl", "start", code=1, stderr="Job for macprovider.service failed.")
     fakes.fail("launchctl", "bootstrap", code=5, stderr="Bootstrap failed: 5: Input/output error")
     report = restore(proxy)

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,11 +40,13 @@ from macprovider.actors.provider import (
     log_file_name,
     model_slug,
     port_is_free,
+    provider_url,
     read_log_tail,
     select_stderr_tail,
     serve_argv,
     start_provider_actor,
 )
+from macprovider.server.config import KNOBS, resolve_serve_config, serve_flags
 from macprovider.server.parent_guard import PARENT_FD_ENV
 from tests.conftest import clean_env, free_port, wait_until
 
@@ -57,27 +60,50 @@ GONE_TIMEOUT = 5.0
 
 # --- argv ----------------------------------------------------------------------------------
 
-BASE = ("serve", "--no-join", "--port", "8080", "--model", "m")
+PORT_FLAG = ("--port", "8080")
 
 
 @pytest.mark.parametrize(
-    ("knobs", "tail"),
+    ("knobs", "middle", "tail"),
     [
-        (Knobs(), ()),
-        (Knobs(kv_bits=4), ("--kv-bits", "4")),
-        (Knobs(max_context=4096), ("--max-context", "4096")),
-        (Knobs(max_batch=2), ("--max-batch", "2")),
-        (Knobs(memory_limit_gb=0.08), ("--memory-limit-gb", "0.08")),
+        (Knobs(), (), ()),
+        (Knobs(kv_bits=4), ("--kv-bits", "4"), ()),
+        (Knobs(max_context=4096), ("--max-context", "4096"), ()),
+        (Knobs(max_batch=2), ("--max-batch", "2"), ()),
+        (Knobs(max_queue=0), ("--max-queue", "0"), ()),
+        (Knobs(memory_limit_gb=0.08), ("--memory-limit-gb", "0.08"), ()),
+        (Knobs(memory_limit_gb=1e-05), ("--memory-limit-gb", "0.00001"), ()),
+        (Knobs(host="0.0.0.0"), (), ("--host", "0.0.0.0")),
         (
             Knobs(kv_bits=8, max_context=2048, max_batch=1),
             ("--kv-bits", "8", "--max-context", "2048", "--max-batch", "1"),
+            (),
         ),
     ],
 )
 def test_argv_always_has_no_join_and_only_the_set_knobs(
-    knobs: Knobs, tail: tuple[str, ...]
+    knobs: Knobs, middle: tuple[str, ...], tail: tuple[str, ...]
 ) -> None:
-    assert serve_argv(["serve"], "m", 8080, knobs) == BASE + tail
+    expected = ("serve", "--no-join", "--model", "m", *middle, *PORT_FLAG, *tail)
+    assert serve_argv(["serve"], "m", 8080, knobs) == expected
+
+
+def test_argv_reads_back_through_serves_resolver_to_every_knob(tmp_path: Path) -> None:
+    knobs = Knobs(
+        kv_bits=4, max_context=300, max_batch=3, memory_limit_gb=0.125, max_queue=7, host="::1"
+    )
+    flags = serve_argv([], "m", 8080, knobs)[1:]  # after --no-join: (flag, value) pairs
+    names = {spec.flag: spec.name for spec in KNOBS}
+    cli = {names[flag]: value for flag, value in zip(flags[::2], flags[1::2], strict=True)}
+    env = clean_env(XDG_CONFIG_HOME=str(tmp_path))
+    config = resolve_serve_config(cli, env, ram_bytes=1 << 34)
+    assert Knobs(**{f.name: getattr(config, f.name) for f in fields(Knobs)}) == knobs
+    assert (config.model, config.port) == ("m", 8080)
+
+
+def test_the_api_key_is_never_a_flag() -> None:
+    with pytest.raises(ValueError, match="MACPROVIDER_API_KEY"):
+        serve_flags({"api_key": "k"})
 
 
 def test_default_serve_command_is_this_interpreter_running_serve() -> None:
@@ -172,13 +198,49 @@ def test_read_log_tail_keeps_the_end_and_drops_the_cut_line(tmp_path: Path) -> N
 # --- port check ----------------------------------------------------------------------------
 
 
-def test_port_is_free_sees_a_listener() -> None:
+@pytest.mark.parametrize(
+    ("listen_on", "host"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("127.0.0.2", "127.0.0.2"),
+        ("0.0.0.0", "0.0.0.0"),  # a wildcard bind is checked as such, and on loopback
+        ("127.0.0.1", "0.0.0.0"),  # a wildcard bind needs loopback free too
+    ],
+)
+def test_port_is_free_sees_a_listener_on_the_host_it_is_asked_about(
+    listen_on: str, host: str
+) -> None:
     with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
+        listener.bind((listen_on, 0))
         listener.listen()
         port = listener.getsockname()[1]
-        assert not port_is_free(port)
-    assert port_is_free(port)
+        assert not port_is_free(port, host)
+    assert port_is_free(port, host)
+
+
+def test_port_is_free_on_one_loopback_address_ignores_another() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.2", 0))
+        listener.listen()
+        assert port_is_free(listener.getsockname()[1], "127.0.0.3")
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8080/health"),
+        ("127.0.0.2", "http://127.0.0.2:8080/health"),
+        ("0.0.0.0", "http://127.0.0.1:8080/health"),
+        ("::", "http://[::1]:8080/health"),
+        ("[::]", "http://[::1]:8080/health"),
+        ("::1", "http://[::1]:8080/health"),
+        ("localhost", "http://localhost:8080/health"),
+        ("192.168.1.20", "http://192.168.1.20:8080/health"),
+    ],
+)
+def test_the_supervisor_reaches_a_provider_where_it_binds(host: str, url: str) -> None:
+    handle = ProviderHandle(1, 1, 8080, "m", (), Path("p.log"), host)
+    assert provider_url(handle, "/health") == url
 
 
 # --- the actor against the stand-in --------------------------------------------------------
@@ -236,9 +298,14 @@ def open_fds() -> int:
 NO_KNOBS = Knobs()
 
 
-def start(proxy: ProviderProxy, port: int | None = None, knobs: Knobs = NO_KNOBS) -> ProviderHandle:
+def start(
+    proxy: ProviderProxy,
+    port: int | None = None,
+    knobs: Knobs = NO_KNOBS,
+    api_key: str | None = None,
+) -> ProviderHandle:
     port = free_port() if port is None else port
-    return proxy.start_provider(MODEL, port, knobs).get(timeout=ACTOR_TIMEOUT)
+    return proxy.start_provider(MODEL, port, knobs, api_key).get(timeout=ACTOR_TIMEOUT)
 
 
 def test_ready_then_stopped_leaves_no_process_port_or_fd(
@@ -262,6 +329,24 @@ def test_ready_then_stopped_leaves_no_process_port_or_fd(
     assert open_fds() == fds_before
     assert proxy.handle().get(timeout=ACTOR_TIMEOUT) is None
     assert "max_batch=2" in handle.log_path.read_text()
+
+
+@pytest.mark.parametrize("inherited", [{}, {"MACPROVIDER_API_KEY": "k-stale"}])
+def test_the_api_key_is_in_the_childs_environment_never_its_argv(
+    make_actor: MakeActor, inherited: dict[str, str]
+) -> None:
+    def started(api_key: str | None) -> psutil.Process:
+        proxy = make_actor(**inherited)
+        handle = start(proxy, api_key=api_key)
+        assert proxy.wait_ready(READY_TIMEOUT).get(timeout=ACTOR_TIMEOUT) == Ready()
+        assert "k-secret" not in " ".join(handle.argv)
+        return psutil.Process(handle.pid)
+
+    keyed = started("k-secret")
+    assert keyed.environ()["MACPROVIDER_API_KEY"] == "k-secret"
+    assert "k-secret" not in " ".join(keyed.cmdline())
+    keyless = started(None)  # a key the actor was not given is no key
+    assert "MACPROVIDER_API_KEY" not in keyless.environ()
 
 
 def test_exit_during_load_reports_the_oom_line_not_the_config_echo(make_actor: MakeActor) -> None:
@@ -454,5 +539,25 @@ def test_real_serve_starts_answers_and_stops_cleanly(tiny_model: Path, state_dir
         assert proxy.stop_provider(10.0).get(timeout=ACTOR_TIMEOUT) == Stopped(0)
         assert port_is_free(handle.port)
         assert not psutil.pid_exists(handle.pid)
+    finally:
+        proxy.actor_ref.stop(timeout=ACTOR_TIMEOUT)
+
+
+def test_real_serve_with_a_key_on_another_host_is_polled_with_the_key_there(
+    tiny_model: Path, state_dir: Path
+) -> None:
+    proxy = start_provider_actor(state_dir, env=clean_env())
+    try:
+        knobs = Knobs(host="127.0.0.2")
+        handle = proxy.start_provider(str(tiny_model), free_port(), knobs, "k-real").get(
+            timeout=ACTOR_TIMEOUT
+        )
+        assert proxy.wait_ready(120.0).get(timeout=130.0) == Ready()
+        assert proxy.is_healthy(5.0).get(timeout=ACTOR_TIMEOUT)
+        models = f"http://127.0.0.2:{handle.port}/v1/models"
+        assert httpx.get(models, timeout=10).status_code == 401
+        assert not port_is_free(handle.port, "127.0.0.2")
+        assert proxy.stop_provider(10.0).get(timeout=ACTOR_TIMEOUT) == Stopped(0)
+        assert port_is_free(handle.port, "127.0.0.2")
     finally:
         proxy.actor_ref.stop(timeout=ACTOR_TIMEOUT)

@@ -55,6 +55,7 @@ RUN_COLUMNS = [
     "recipe_hash",
     "applied",
     "exit_reason",
+    "apply_pending_json",
 ]
 TRIAL_COLUMNS = [
     "id",

@@ -400,16 +400,24 @@ def test_gives_up_past_the_last_backup_counter(
     config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config.write_bytes(b"port: 1\n")
-    real_open = os.open
+    real_open, real_link = os.open, os.link
     tried: list[str] = []
 
-    def every_backup_taken(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+    def refuse_backup_names(path: Any) -> None:
         if ".bak-" in str(path):
             tried.append(str(path))
             raise FileExistsError(path)
+
+    def every_backup_taken(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        refuse_backup_names(path)
         return real_open(path, flags, *args, **kwargs)
 
+    def every_backup_name_taken(src: Any, dst: Any, **kwargs: Any) -> None:
+        refuse_backup_names(dst)  # where the system has unnamed files, a backup is linked
+        real_link(src, dst, **kwargs)
+
     monkeypatch.setattr(os, "open", every_backup_taken)
+    monkeypatch.setattr(os, "link", every_backup_name_taken)
     with pytest.raises(ApplyError, match=f"-{MAX_BACKUP_COUNTER} all exist"):
         apply_to_config(config, VALUES, now=now)
     assert len(tried) == MAX_BACKUP_COUNTER + 1 == 65536

@@ -7,6 +7,7 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -21,9 +22,17 @@ class Run:
     """A `run` process on a free port, with its log and its provider children."""
 
     def __init__(
-        self, tmp_path: Path, *args: str, config: Path | None = None, port: int | None = None
+        self,
+        tmp_path: Path,
+        *args: str,
+        config: Path | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        key: str | None = None,
     ):
         self.port = port or free_port()
+        self.url = f"http://{host}:{self.port}"  # where the provider should answer
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.log_path = tmp_path / "run.log"
         env = clean_env(XDG_STATE_HOME=str(tmp_path / "state"))
         if config is not None:
@@ -46,7 +55,7 @@ class Run:
 
     def metric(self, name: str) -> float | None:
         try:
-            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2).text
+            text = httpx.get(f"{self.url}/metrics", headers=self.headers, timeout=2).text
         except httpx.TransportError:
             return None
         for line in text.splitlines():
@@ -55,11 +64,20 @@ class Run:
         return None
 
     def ready(self) -> bool:
+        return self.models_status(self.headers) == 200
+
+    def models_status(self, headers: dict[str, str]) -> int | None:
+        """What `/v1/models` answers with these headers; None while nothing listens."""
         try:
-            url = f"http://127.0.0.1:{self.port}/v1/models"
-            return httpx.get(url, timeout=2).status_code == 200
+            return httpx.get(f"{self.url}/v1/models", headers=headers, timeout=2).status_code
         except httpx.TransportError:
-            return False
+            return None
+
+    def seen_ready(self) -> bool:
+        """The keeper logged the provider ready: its own readiness poll got through."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"run exited {self.proc.returncode}:\n{self.log()}")
+        return "provider ready" in self.log()
 
 
 StartRun = Callable[..., Run]
@@ -67,11 +85,12 @@ StartRun = Callable[..., Run]
 
 @pytest.fixture
 def start_run(tmp_path: Path) -> Iterator[StartRun]:
-    """Starts `run` processes (`start_run(*args, config=..., port=...)`); kills leftovers."""
+    """Starts `run` processes (`start_run(*args, config=..., port=..., host=..., key=...)`;
+    `host` and `key` are what the test's own requests use); kills leftovers."""
     started: list[Run] = []
 
-    def start(*args: str, config: Path | None = None, port: int | None = None) -> Run:
-        run = Run(tmp_path, *args, config=config, port=port)
+    def start(*args: str, **options: Any) -> Run:
+        run = Run(tmp_path, *args, **options)
         started.append(run)
         return run
 
@@ -82,6 +101,10 @@ def start_run(tmp_path: Path) -> Iterator[StartRun]:
         if run.proc.poll() is None:
             run.proc.kill()
             run.proc.wait()
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
 
 
 def assert_nothing_left(run: Run, children: list[psutil.Process]) -> None:
@@ -211,3 +234,43 @@ def test_a_busy_port_is_retried_with_backoff_until_it_frees(
         wait_until(lambda: "could not start" in run.log(), 20, "the busy port to be seen")
         assert run.providers() == [] and run.proc.poll() is None
     wait_until(run.ready, READY_S, "the provider once the port is free")
+
+
+def test_host_and_api_key_reach_the_provider_and_its_readiness_poll(
+    tiny_model: Path, start_run: StartRun
+) -> None:
+    host, key = "127.0.0.2", "k-run-secret"
+    run = start_run(
+        "--host", host, "--api-key", key, "--max-queue", "3", "--model", str(tiny_model),
+        host=host, key=key,
+    )  # fmt: skip
+    wait_until(run.seen_ready, READY_S, "the keeper to see the keyed provider ready")
+    assert run.models_status({}) == 401
+    assert run.models_status(run.headers) == 200
+    (provider,) = run.providers()
+    argv = provider.cmdline()
+    assert (flag_value(argv, "--host"), flag_value(argv, "--max-queue")) == (host, "3")
+    assert key not in " ".join(argv)  # the key travels in the environment: argv is public
+    assert provider.environ()["MACPROVIDER_API_KEY"] == key
+    assert key not in run.log()
+    assert "restarting" not in run.log() and run.providers() == [provider]
+
+
+def test_a_key_from_the_yaml_config_still_lets_the_provider_become_ready(
+    tmp_path: Path, tiny_model: Path, start_run: StartRun
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {tiny_model}\napi_key: k-yaml-secret\n")
+    run = start_run(config=config, key="k-yaml-secret")
+    wait_until(run.seen_ready, READY_S, "the keeper to see the keyed provider ready")
+    assert (run.models_status({}), run.models_status(run.headers)) == (401, 200)
+
+
+def test_kv_bits_unset_on_the_command_line_beats_the_yaml_config(
+    tmp_path: Path, tiny_model: Path, start_run: StartRun
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {tiny_model}\nkv_bits: 8\n")
+    run = start_run("--kv-bits", "unset", config=config)
+    wait_until(run.ready, READY_S, "the provider")
+    assert run.metric("macprovider_kv_cache_bits") == 0  # 0: unquantized, as run resolved it

@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
-from tests.conftest import clean_env, free_port, supervise_argv, wait_until
+from tests.conftest import catches, clean_env, free_port, supervise_argv, wait_until
 
 
 def serve_argv(model: Path, port: int) -> list[str]:
@@ -68,10 +70,40 @@ def test_kill_9_of_the_supervisor_takes_the_provider_down(tiny_model: Path) -> N
         wait_until(lambda: answers(port), 120, "the provider to be ready")
         supervisor.send_signal(signal.SIGKILL)
         supervisor.wait()
-        wait_until(lambda: not provider.is_running() or provider.status() == "zombie", 5, "exit")
+        wait_until(lambda: gone(provider), 5, "exit")
     finally:
         if provider.is_running():
             provider.kill()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's death signal is Linux's")
+def test_a_provider_dies_within_half_a_second_of_a_kill_9_even_while_starting(
+    tiny_model: Path,
+) -> None:
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, *serve_argv(tiny_model, free_port())],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert supervisor.stdout is not None
+    provider = psutil.Process(int(supervisor.stdout.readline()))
+    try:
+        # Its first lines have run (the death signal is armed before the handlers are
+        # installed); the heavy imports and the model load are still ahead of it.
+        wait_until(lambda: catches(provider.pid, signal.SIGTERM), 30, "the provider's launcher")
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait()
+        killed = time.monotonic()
+        wait_until(lambda: gone(provider), 5, "the provider to die")
+        assert time.monotonic() - killed < 0.5
+    finally:
+        if provider.is_running():
+            provider.kill()
+
+
+def gone(process: psutil.Process) -> bool:
+    return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
 
 
 def test_a_bad_parent_fd_is_a_preflight_error(tiny_model: Path) -> None:

@@ -1,0 +1,1 @@
+"""The reliability suites behind `ops/chaos` and `ops/load`; docs/RELIABILITY.md holds their figures."""

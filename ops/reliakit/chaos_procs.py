@@ -1,0 +1,176 @@
+"""Processes, signals and the port, as the chaos suite sees them from outside.
+
+"Ours" is every process whose command line names the iteration's folder or `--port`, and
+every descendant of the suite (orphans are reparented to it when it runs as the init of its
+own PID namespace). A zombie counts as gone: it holds no port and runs no code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shlex
+import signal
+import socket
+import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import psutil
+
+POLL_S: Final = 0.005
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _mentions(cmdline: list[str], folder: str, port: int) -> bool:
+    if any(folder in arg for arg in cmdline):
+        return True
+    pairs = itertools.pairwise(cmdline)
+    return f"--port={port}" in cmdline or ("--port", str(port)) in pairs
+
+
+def ours(folder: Path, port: int, exclude: Iterable[int] = ()) -> list[psutil.Process]:
+    """The live processes of this iteration (see the module docstring), the suite excepted."""
+    me = psutil.Process()
+    skip = {me.pid, *exclude}
+    descendants: set[int] = set()
+    with contextlib.suppress(psutil.Error):
+        descendants = {child.pid for child in me.children(recursive=True)}
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid in skip:
+            continue
+        cmdline = proc.info["cmdline"] or []
+        if (proc.pid in descendants or _mentions(cmdline, str(folder), port)) and alive(proc):
+            found.append(proc)
+    return found
+
+
+def is_provider(proc: psutil.Process) -> bool:
+    try:
+        return "serve" in proc.cmdline()
+    except psutil.Error:
+        return False
+
+
+def describe(proc: psutil.Process) -> str:
+    try:
+        return f"PID {proc.pid} {shlex.join(proc.cmdline())[:160]}"
+    except psutil.Error:
+        return f"PID {proc.pid}"
+
+
+@dataclass(frozen=True)
+class Deaths:
+    """How long the watched processes outlived the reference moment."""
+
+    last_s: float  # until the last was gone
+    provider_s: float | None  # the same for the providers among them (None: none watched)
+    leftovers: tuple[psutil.Process, ...]  # alive `bound_s` after the moment
+
+
+def watch_deaths(
+    procs: Iterable[psutil.Process],
+    providers: Collection[int],
+    since: float,
+    bound_s: float,
+    watch_s: float,
+) -> Deaths:
+    """Polls `procs` from the monotonic moment `since`: each one's death time, up to
+    `watch_s` (longer than `bound_s`, so that a slow death is measured, not just seen).
+    `providers`: the PIDs among them that were providers (told while they were alive)."""
+    watched = {proc.pid: proc for proc in procs}
+    providers = [pid for pid in providers if pid in watched]
+    died: dict[int, float] = {}
+    leftovers: tuple[psutil.Process, ...] = ()
+    bound_passed = False
+    while True:
+        now = time.monotonic() - since
+        for pid, proc in watched.items():
+            if pid not in died and not alive(proc):
+                died[pid] = max(now, 0.0)
+        remaining = [proc for pid, proc in watched.items() if pid not in died]
+        if not bound_passed and now >= bound_s:
+            leftovers, bound_passed = tuple(remaining), True
+        if not remaining or now >= watch_s:
+            break
+        time.sleep(POLL_S)
+    # Still alive at the end of the watch: `watch_s`, a lower bound (and a leftover).
+    last = max((died.get(pid, watch_s) for pid in watched), default=0.0)
+    provider = max((died.get(pid, watch_s) for pid in providers), default=None)
+    return Deaths(last, provider, leftovers)
+
+
+def kill_all(procs: Iterable[psutil.Process]) -> None:
+    """SIGKILL to processes of ours that outlived their bound (the next iteration needs a
+    clean machine)."""
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+def reap_orphans(keep: Iterable[int] = ()) -> None:
+    """Waits for zombie children that are not ours to wait for (orphans reparented to us);
+    never `waitpid(-1)`, which would steal a Popen's status."""
+    skip = set(keep)
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process().children():
+            if child.pid in skip:
+                continue
+            with contextlib.suppress(psutil.Error, ChildProcessError):
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
+
+
+def handles(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for `signum` now (Linux: SigCgt in /proc). Where that
+    cannot be read, it is assumed to: the stricter reading."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return True
+
+
+def send(pid: int, signum: int, *, group: bool) -> bool:
+    """The signal to the process or its group; False when it was already gone."""
+    try:
+        if group:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+SIGNALS: Final = {name: getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGKILL")}
