@@ -1,1 +1,4 @@
-"""The reliability suites behind `ops/chaos` and `ops/load`; docs/RELIABILITY.md holds their figures."""
+"""The reliability suites behind `ops/chaos` and `ops/load`.
+
+docs/RELIABILITY.md holds their latest figures.
+"""

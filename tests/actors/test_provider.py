@@ -36,15 +36,17 @@ from macprovider.actors.messages import (
 from macprovider.actors.provider import (
     SERVE_COMMAND,
     ProviderProxy,
+    port_is_free,
+    provider_url,
+    serve_argv,
+    start_provider_actor,
+)
+from macprovider.actors.provider_logs import (
     create_log_file,
     log_file_name,
     model_slug,
-    port_is_free,
-    provider_url,
     read_log_tail,
     select_stderr_tail,
-    serve_argv,
-    start_provider_actor,
 )
 from macprovider.server.config import KNOBS, resolve_serve_config, serve_flags
 from macprovider.server.parent_guard import PARENT_FD_ENV

@@ -192,7 +192,8 @@ def no_provider_started(autotune: Autotune) -> bool:
 
 
 def files_in(folder: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+    """The plain files directly in `folder`, by name."""
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
 
 
 def tune_tiny(
@@ -399,8 +400,11 @@ def test_apply_under_a_regular_file_exits_73_and_the_run_keeps_its_own_reason(
 ) -> None:
     (tmp_path / "not-a-folder").write_text("a file\n")
     config = tmp_path / "not-a-folder" / "config.yaml"
+    before = files_in(tmp_path)
     done = tune_tiny(autotune, models, "--apply", "--config", str(config))
-    assert_not_applied(done, config, tmp_path / "not-a-folder", {})
+    after = {name: data for name, data in files_in(tmp_path).items() if name in before}
+    assert_not_applied(done, config, tmp_path, after)
+    assert after == before  # the file in the way as it was, no temp file beside it
     assert "RECOMMENDATION" in done.stdout
     assert done.runs()[-1].exit_reason is ExitReason.OK
 
