@@ -1,8 +1,9 @@
-"""Why an autotune run ended: the closed set stored in `tune_runs.exit_reason` (DESIGN §5)."""
+"""Why an autotune run ended: the closed set stored in `tune_runs.exit_reason`."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 
 class ExitReason(StrEnum):
@@ -15,3 +16,8 @@ class ExitReason(StrEnum):
     PROVIDER_CONFLICT = "provider_conflict"
     CONFIG_ERROR = "config_error"
     INTERNAL_ERROR = "internal_error"
+
+
+# How a run ends when the database itself cannot be written: no row can hold a reason then,
+# so it is an outcome of the Supervisor only, never a stored exit reason.
+DATABASE_UNAVAILABLE: Final = "database_unavailable"

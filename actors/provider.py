@@ -375,8 +375,15 @@ class ProviderActor(pykka.ThreadingActor):
         deadline = time.monotonic() + PORT_FREE_TIMEOUT_S
         while not port_is_free(port, host):
             if time.monotonic() > deadline:
-                detail = f"still in use {PORT_FREE_TIMEOUT_S:.0f} s after the provider stopped"
-                raise PortBusy(port, detail)
+                # Our child and its group are gone: whoever holds the port is not ours to
+                # stop. The stop succeeded; the next start meets the port and says so.
+                log.warning(
+                    "port %d still in use %.0f s after the provider stopped: held by another "
+                    "process",
+                    port,
+                    PORT_FREE_TIMEOUT_S,
+                )
+                return
             time.sleep(PORT_POLL_S)
 
 

@@ -1,5 +1,5 @@
 """The Supervisor: starts its children in order, stops them in reverse, and turns a child's
-crash into the same orderly stop (DESIGN §3). It never does the work itself.
+crash into the same orderly stop. It never does the work itself.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ class Supervisor(pykka.ThreadingActor):
             try:
                 if spec.finalize is not None:
                     spec.finalize(outcome)
+            except Exception:  # the child must still stop, or its thread keeps the process
+                log.exception("%s could not finish its part of the run", spec.name)
+            try:
                 ref.stop(block=True, timeout=CHILD_STOP_TIMEOUT_S)
             except Exception:  # one stuck child must not keep the others running
                 log.exception("%s did not stop cleanly", spec.name)

@@ -26,7 +26,7 @@ import pykka
 
 from macprovider.actors.autotune_inputs import TuneSettings
 from macprovider.actors.drain import DrainProxy, conflict_message
-from macprovider.actors.exit_reasons import ExitReason
+from macprovider.actors.exit_reasons import DATABASE_UNAVAILABLE, ExitReason
 from macprovider.actors.messages import DrainFailed, Knobs, Loaded, LoadFailed, ProbeSpec
 from macprovider.actors.prewarm import (
     PrewarmError,
@@ -526,7 +526,7 @@ class TunerActor(pykka.ThreadingActor):
             # Not a bug, and nothing can be recorded: the run ends on the one-line reason.
             # Every provider was stopped before the write that failed (see `_trial`).
             with contextlib.suppress(pykka.ActorDeadError):
-                self._supervisor.give_up(ExitReason.INTERNAL_ERROR.value, str(error))
+                self._supervisor.give_up(DATABASE_UNAVAILABLE, str(error))
             return
         except Exception:
             trace = traceback.format_exc()

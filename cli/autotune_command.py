@@ -46,7 +46,7 @@ from macprovider.cli.autotune_render import (
     render_report,
     render_timings,
 )
-from macprovider.cli.exits import AUTOTUNE_EXIT_CODES, EX_RESTORE_FAILED, EX_SOFTWARE
+from macprovider.cli.exits import AUTOTUNE_EXIT_CODES, EX_RESTORE_FAILED, autotune_outcome_code
 from macprovider.cli.progress import LiveProgress, PlainProgress
 from macprovider.cli.run import default_state_dir
 from macprovider.cli.run_report import (
@@ -143,7 +143,7 @@ def _finish(
     if summary is None:
         outcome = result.outcome
         click.echo(f"{PROG}: error: {outcome.failure or outcome.reason}", err=True)
-        code = AUTOTUNE_EXIT_CODES.get(ExitReason(outcome.reason), EX_SOFTWARE)
+        code = autotune_outcome_code(outcome.reason)
     else:
         if summary.detail and summary.exit_reason is not ExitReason.OK:
             click.echo(f"{PROG}: {summary.exit_reason.value}: {summary.detail}", err=True)

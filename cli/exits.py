@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from macprovider.actors.autotune_inputs import AutotuneInputError
-from macprovider.actors.exit_reasons import ExitReason
+from macprovider.actors.exit_reasons import DATABASE_UNAVAILABLE, ExitReason
 from macprovider.actors.stop_signals import EXIT_INTERRUPTED
 from macprovider.cli.errors import ApplyError, ReportError, ReportHtmlError, ServiceError
 from macprovider.server.errors import (
@@ -71,3 +71,13 @@ AUTOTUNE_EXIT_CODES: dict[ExitReason, int] = {
     ExitReason.INTERNAL_ERROR: EX_SOFTWARE,
     ExitReason.INTERRUPTED: EXIT_INTERRUPTED,
 }
+
+
+def autotune_outcome_code(reason: str) -> int:
+    """The exit code of a run that ended without the tuner's summary (the Supervisor's
+    outcome reason: an exit reason, or the database being unwritable)."""
+    if reason == DATABASE_UNAVAILABLE:
+        return EX_CANTCREAT
+    if reason in set(ExitReason):
+        return AUTOTUNE_EXIT_CODES[ExitReason(reason)]
+    return EX_SOFTWARE

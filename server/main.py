@@ -42,25 +42,30 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def check_port_free(host: str, port: int) -> None:
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads and handed to Hypercorn as is: a
+    port checked free and bound later could be taken in between."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host.strip("[]"), port))
-        except OSError as exc:
-            reason = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise PortUnavailable(
-                f"cannot listen on {bind_address(host, port)}: {reason}"
-            ) from None
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Hypercorn sets this only on sockets it makes; accepted connections inherit it, so each
+    # SSE chunk leaves at once instead of waiting on Nagle's algorithm.
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        listener.bind((host.strip("[]"), port))
+    except OSError as exc:
+        listener.close()
+        reason = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise PortUnavailable(f"cannot listen on {bind_address(host, port)}: {reason}") from None
+    return listener
 
 
 def run(config: ServeConfig, model_path: Path, *, parent: int | None = None) -> int:
     """Serves until a signal or the end of the `parent` pipe (exit code 0; a second
     signal exits 130 at once), or a failure (raised)."""
     check_memory_budget(config, model_path)
-    check_port_free(config.host, config.port)
-    provider = trio.run(_serve, config, model_path, parent)
+    listener = bind_listener(config.host, config.port)
+    provider = trio.run(_serve, config, model_path, parent, listener)
     if provider.failure is not None:
         raise provider.failure
     return 0
@@ -74,10 +79,12 @@ async def _watch_parent(provider: Provider, fd: int) -> None:
         _exit_after(FORCED_EXIT_SECONDS, 0)
 
 
-async def _serve(config: ServeConfig, model_path: Path, parent: int | None) -> Provider:
+async def _serve(
+    config: ServeConfig, model_path: Path, parent: int | None, listener: socket.socket
+) -> Provider:
     provider = Provider(config, model_path, Metrics())
     hypercorn = HypercornConfig()
-    hypercorn.bind = [bind_address(config.host, config.port)]
+    hypercorn.bind = [f"fd://{listener.fileno()}"]
     hypercorn.graceful_timeout = DRAIN_SECONDS
     hypercorn.keep_alive_timeout = KEEP_ALIVE_SECONDS
     hypercorn.accesslog = None

@@ -5,8 +5,8 @@ module at start-up; it acts only in a `python -m macprovider.cli serve` process,
 `autotune` or `run` above it (which hand PYTHONPATH on to their providers) run untouched.
 What it does comes from the environment:
 
-- `SERVE_FAULT_PAUSE_AT_BIND=N`: at its N-th `bind` of its own `--port` (1: serve's own
-  "is the port free" check; 2: the listening socket), the process writes its pid to
+- `SERVE_FAULT_PAUSE_AT_BIND=N`: at its N-th `bind` of its own `--port` (serve binds it
+  once, for the socket it listens on, before the model loads), the process writes its pid to
   `SERVE_FAULT_PAUSED` and waits there until the file `SERVE_FAULT_GATE` exists (forever
   if no test creates it: a provider that hangs while it loads).
 - `SERVE_FAULT_IGNORE_SIGTERM=1`: while paused, SIGTERM is ignored.
