@@ -67,6 +67,8 @@ def test_plans_reach_every_scenario_signal_moment_and_variation() -> None:
     assert {p.service for p in drains} == {"systemd", "launchd"}
     assert {p.apply for p in drains} == {True, False}
     assert {p.config for p in plans} == set(range(len(CONFIG_TEMPLATES)))
+    assert {p.signal for p in plans if p.apply_mark} == set(Sig)  # at --apply, any signal
+    assert {p.apply_mark for p in plans} == {None, "backup", "temp"}
 
 
 @pytest.mark.parametrize("index", range(60))
@@ -77,6 +79,8 @@ def test_each_plan_is_consistent(index: int) -> None:
         assert plan.apply
     elif plan.scenario is not Scenario.DRAIN:
         assert not plan.apply
+    if plan.apply_mark is not None:
+        assert plan.apply  # waits for --apply's files: only a command that writes them
     if plan.signal is Sig.KILL:
         assert plan.second is None  # nothing follows a SIGKILL
     if plan.early_s is not None:
@@ -300,6 +304,22 @@ CASES: list[Case] = [
         ),
         True,
         "--apply wrote the config 0.50 s after SIGINT",
+    ),
+    (
+        "--apply stopped before its commit point: no backup left",
+        Scenario.APPLY,
+        lambda: interrupted(config=config(backups=(ORIGINAL,))),
+        True,
+        "a backup was left beside the unchanged config",
+    ),
+    (
+        "SIGKILL between the backup and the rename: the backup may stay",
+        Scenario.APPLY,
+        lambda: interrupted(
+            exit_code=-9, sent=(sent(Sig.KILL),), config=config(backups=(ORIGINAL,))
+        ),
+        True,
+        None,
     ),
     (
         "a config written by a command that must not write it",

@@ -232,6 +232,9 @@ def finished_before(row: RunRow | None, sent: Sent) -> bool:
 def config_failures(config: ConfigFacts, facts: Facts, *, may_write: bool) -> list[str]:
     found = [f"stray files beside the config: {', '.join(config.strays)}"] if config.strays else []
     if config.now == config.original:
+        killed = any(s.signal is Sig.KILL for s in facts.sent)
+        if config.backups and not killed:  # an `--apply` that gave up removes its backup
+            found.append("a backup was left beside the unchanged config")
         return found
     if config.now is None:
         return [*found, "the config was deleted"]

@@ -8,7 +8,8 @@ interpreter is still importing and the supervisor does not exist yet; the others
 from the start to a little past the natural end, so that every stage (pre-warm, Stage 1,
 Stage 2, the restore of a drained service, a `run` in steady state) is reached, and so is a
 signal that lands after the command has finished its work. `--apply` lasts milliseconds, too
-short for a drawn moment to hit: some of its plans signal when the backup appears instead.
+short for a drawn moment to hit: some of its plans signal when the backup, or the new file
+under its temporary name, appears instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ AT_APPLY_SHARE: Final = 0.25
 
 Target = Literal["pid", "group"]
 Service = Literal["systemd", "launchd"]
+# What `--apply` creates beside the config, in this order: the backup, then (for an instant
+# before the rename) the new file under a temporary name.
+ApplyMark = Literal["backup", "temp"]
 
 
 class Scenario(StrEnum):
@@ -68,9 +72,9 @@ CONFIG_TEMPLATES: Final = (
 
 @dataclass(frozen=True)
 class Plan:
-    """One iteration. The moment of the first signal is when `--apply` makes its backup with
-    `at_apply`, else `early_s` when set, else `fraction` of the scenario's natural duration;
-    `second` follows it after `gap_s`."""
+    """One iteration. The moment of the first signal is when `--apply` creates its
+    `apply_mark` when set, else `early_s` when set, else `fraction` of the scenario's natural
+    duration; `second` follows it after `gap_s`."""
 
     index: int
     scenario: Scenario
@@ -84,7 +88,7 @@ class Plan:
     apply: bool  # `--apply` (always for autotune-apply, sometimes for autotune-drain)
     config: int  # index into CONFIG_TEMPLATES
     config_flag: bool  # `--config PATH` rather than the default path under XDG_CONFIG_HOME
-    at_apply: bool = False
+    apply_mark: ApplyMark | None = None
 
 
 def iteration_seed(seed: int, index: int) -> str:
@@ -108,6 +112,7 @@ def pick_plan(seed: int, index: int) -> Plan:
     config = rng.randrange(len(CONFIG_TEMPLATES))
     config_flag = rng.random() < 0.5
     at_apply = rng.random() < AT_APPLY_SHARE
+    mark: ApplyMark = rng.choice(("backup", "temp"))
     plan = Plan(
         index=index,
         scenario=scenario,
@@ -122,7 +127,7 @@ def pick_plan(seed: int, index: int) -> Plan:
         config=config,
         config_flag=config_flag,
     )
-    return replace(plan, at_apply=at_apply and plan.apply)
+    return replace(plan, apply_mark=mark if at_apply and plan.apply else None)
 
 
 def delay_s(plan: Plan, natural_s: float) -> float:
@@ -139,8 +144,8 @@ def describe(plan: Plan) -> str:
         extras.append(f"apply:cfg{plan.config}" + (":flag" if plan.config_flag else ""))
     variant = f"({','.join(extras)})" if extras else ""
     second = f"+{plan.second.value}@{plan.gap_s:.2f}s" if plan.second else ""
-    second += "@apply" if plan.at_apply else ""
-    return f"{plan.scenario.value}{variant} {plan.signal.value}->{plan.target}{second}"
+    moment = f"@{plan.apply_mark}" if plan.apply_mark else ""
+    return f"{plan.scenario.value}{variant} {plan.signal.value}{moment}->{plan.target}{second}"
 
 
 def calibration_plan(scenario: Scenario) -> Plan:

@@ -8,11 +8,14 @@ own PID namespace). A zombie counts as gone: it holds no port and runs no code.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
+import select
 import shlex
 import signal
 import socket
+import struct
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -174,3 +177,50 @@ def free_port() -> int:
 
 
 SIGNALS: Final = {name: getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGKILL")}
+
+
+class Creations:
+    """The names created in a folder, as they come: inotify on Linux (a few microseconds
+    after the fact), else a fast poll of the listing. `--apply`'s temporary name lives for an
+    instant: only an event can catch it."""
+
+    _IN_CREATE: Final = 0x100
+    _IN_MOVED_TO: Final = 0x80
+    _EVENT: Final = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._seen = {entry.name for entry in os.scandir(folder)}
+        self._fd = -1
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            mask = self._IN_CREATE | self._IN_MOVED_TO
+            if fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(folder), mask) >= 0:
+                self._fd = fd
+            elif fd >= 0:
+                os.close(fd)
+
+    def wait(self, timeout_s: float) -> list[str]:
+        """The names created since the last call, waiting up to `timeout_s` for one."""
+        if self._fd < 0:
+            time.sleep(min(timeout_s, 0.0005))
+            names = {entry.name for entry in os.scandir(self._folder)}
+            new, self._seen = names - self._seen, names
+            return sorted(new)
+        ready, _, _ = select.select([self._fd], [], [], timeout_s)
+        if not ready:
+            return []
+        data, offset = os.read(self._fd, 65536), 0
+        created: list[str] = []
+        while offset < len(data):
+            _, _, _, length = self._EVENT.unpack_from(data, offset)
+            start = offset + self._EVENT.size
+            created.append(os.fsdecode(data[start : start + length].rstrip(b"\0")))
+            offset = start + length
+        return created
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

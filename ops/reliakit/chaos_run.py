@@ -15,6 +15,7 @@ provider of ours is then no `python … macprovider.cli serve` to another sessio
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -31,7 +32,7 @@ import psutil
 
 from reliakit import chaos_procs as procs
 from reliakit.chaos_checks import LEFTOVER_BOUND_S, SIGNUMS, ConfigFacts, Facts, Sent
-from reliakit.chaos_facts import config_facts, db_facts, service_facts
+from reliakit.chaos_facts import BACKUP, config_facts, db_facts, service_facts
 from reliakit.chaos_plan import CONFIG_TEMPLATES, Plan, Scenario, Sig, delay_s
 from tests.actors.fake_services import STANDIN_BODY, FakeServices, write_program
 
@@ -43,6 +44,7 @@ READY_BOUND_S: Final = 60.0
 RUN_STEADY_S: Final = 2.0  # `run`'s "natural duration": until ready, then this long serving
 WATCH_S: Final = 3.0  # how long a slow death is followed past the exit, to measure it
 TICK_S: Final = 0.005
+TEMP: Final = re.compile(r"\.tmp$")
 
 # Small and fast: `small` cannot fit under the memory limit (exit 65 during load), `tiny`
 # can; two Stage 2 cells. About 8 s on a 2-core machine.
@@ -242,6 +244,8 @@ class Iteration:
     def _drive(self, proc: subprocess.Popen[bytes], started: float) -> Outcome:
         is_run = self.plan.scenario is Scenario.RUN
         planned = None if self.natural is None else delay_s(self.plan, self.natural.duration_s)
+        if self.plan.apply_mark is not None and planned is not None:
+            planned = self._wait_for_apply(proc, started)
         ready_s = self._wait(proc, started, planned, probe=is_run, until_ready=planned is None)
         sent: list[Sent] = []
         snapshot: list[psutil.Process] = []
@@ -320,6 +324,20 @@ class Iteration:
                         break
             time.sleep(TICK_S)
         return ready_s
+
+    def _wait_for_apply(self, proc: subprocess.Popen[bytes], started: float) -> float:
+        """Until `--apply` creates the plan's mark beside the config (its backup, or the new
+        file under a temporary name), or the exit; the seconds from the start to then."""
+        mark = BACKUP if self.plan.apply_mark == "backup" else TEMP
+        watch = procs.Creations(self.ws.config.parent)
+        deadline = started + CALIBRATION_BOUND_S
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if any(mark.search(name) for name in watch.wait(0.05)):
+                    break
+        finally:
+            watch.close()
+        return time.monotonic() - started
 
     def _shoot(
         self, proc: subprocess.Popen[bytes], started: float, signal: Sig, sent: list[Sent]
