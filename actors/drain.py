@@ -355,6 +355,9 @@ def _run(argv: Sequence[str], env: Mapping[str, str]) -> _Result:
             text=True,
             timeout=COMMAND_TIMEOUT_S,
             check=False,
+            # Its own session: a Ctrl-C at the terminal signals our whole process group,
+            # and must not kill the `systemctl start` / `launchctl bootstrap` of a restore.
+            start_new_session=True,
         )
     except subprocess.TimeoutExpired:
         return _Result(None, problem=f"timed out after {COMMAND_TIMEOUT_S:g} s")
