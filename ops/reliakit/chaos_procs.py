@@ -169,6 +169,17 @@ def port_free(port: int) -> bool:
     return True
 
 
+def port_freed_within(port: int, bound_s: float) -> bool:
+    """Whether the port can be bound within `bound_s`: the kernel finishes closing a killed
+    process's sockets a moment after the process is reported gone, as it finishes its exit."""
+    deadline = time.monotonic() + bound_s
+    while not port_free(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -282,7 +282,7 @@ class Iteration:
             leftovers=tuple(procs.describe(p) for p in deaths.leftovers),
             death_s=deaths.last_s,
             provider_death_s=deaths.provider_s if killed else None,
-            port_free=procs.port_free(self.ws.port),
+            port_free=procs.port_freed_within(self.ws.port, LEFTOVER_BOUND_S),
             integrity=integrity,
             runs=runs,
             config=self._config(),
