@@ -30,6 +30,7 @@ from typing import Final
 import httpx
 import psutil
 
+from benchkit.contenders import free_port
 from reliakit import chaos_procs as procs
 from reliakit.chaos_checks import LEFTOVER_BOUND_S, SIGNUMS, ConfigFacts, Facts, Sent
 from reliakit.chaos_facts import BACKUP, config_facts, db_facts, service_facts
@@ -172,7 +173,7 @@ class Iteration:
         self.natural = natural  # None: this run is the calibration
         self.setting = setting
         root = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=setting.parent))
-        self.ws = Workspace(root, procs.free_port())
+        self.ws = Workspace(root, free_port())
         autotune = plan.scenario.is_autotune
         self.fakes = FakeServices(root / "services") if autotune else None
         self.env = self.ws.env(self.fakes)

@@ -447,6 +447,23 @@ def test_apply_on_a_full_disk_exits_73_and_leaves_nothing(
 # --- 6. the port taken between the conflict check and the bind ---------------------------------
 
 
+def take_the_port_while_paused(
+    proc: subprocess.Popen[str], serve_fault: ServeFault, port: int, *, timeout: float
+) -> tuple[int, str, str]:
+    """Takes `port` while the paused serve waits just before its bind, lets it go on, and
+    waits for `proc` to end: the paused serve's pid, then `proc`'s stdout and stderr."""
+    try:
+        pid = serve_fault.wait_paused(proc)
+        with squatting(port):
+            serve_fault.release()
+            stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return pid, stdout or "", stderr or ""
+
+
 def test_serve_exits_69_naming_the_port_taken_just_before_it_listens(
     tiny_model: Path, serve_fault: ServeFault
 ) -> None:
@@ -455,15 +472,7 @@ def test_serve_exits_69_naming_the_port_taken_just_before_it_listens(
     proc = subprocess.Popen(
         argv, env=serve_fault.env(pause_at_bind=1), stderr=subprocess.PIPE, text=True
     )
-    try:
-        serve_fault.wait_paused(proc)
-        with squatting(port):
-            serve_fault.release()
-            _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _, _, stderr = take_the_port_while_paused(proc, serve_fault, port, timeout=60)
     assert proc.returncode == 69, stderr
     assert f"127.0.0.1:{port}" in error_line(stderr)
 
@@ -476,15 +485,9 @@ def test_autotune_records_a_port_taken_before_its_provider_binds_and_ends_clearl
         autotune.argv(*args), env=serve_fault.env(pause_at_bind=1, model=models("small")),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    try:
-        pid = serve_fault.wait_paused(proc)
-        with squatting(autotune.port):
-            serve_fault.release()
-            stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    pid, stdout, stderr = take_the_port_while_paused(
+        proc, serve_fault, autotune.port, timeout=RUN_TIMEOUT
+    )
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr and not psutil.pid_exists(pid)
     done = Finished(proc.returncode, stdout, stderr, autotune.db_path)
@@ -504,16 +507,8 @@ def test_run_gives_up_on_a_port_taken_before_its_provider_binds(
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
     argv = supervise_argv("run", "--model", str(tiny_model), "--port", str(port))
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        pid = serve_fault.wait_paused(proc)
-        with squatting(port):
-            serve_fault.release()
-            # Backing off 1, 2, 4 and 8 s between the 5 failed starts of a crash loop.
-            _, stderr = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # Backing off 1, 2, 4 and 8 s between the 5 failed starts of a crash loop.
+    pid, _, stderr = take_the_port_while_paused(proc, serve_fault, port, timeout=90)
     assert proc.returncode == 75, stderr
     assert f"127.0.0.1:{port}" in error_line(stderr)
     assert not psutil.pid_exists(pid)

@@ -56,16 +56,21 @@ SUPERVISOR = textwrap.dedent(
 )
 
 
-def test_kill_9_of_the_supervisor_takes_the_provider_down(tiny_model: Path) -> None:
-    port = free_port()
+def start_supervised(model: Path, port: int) -> tuple[subprocess.Popen[str], psutil.Process]:
+    """A stand-in supervisor (a pipe, then a sleep) and the serve it started."""
     supervisor = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR, *serve_argv(tiny_model, port)],
+        [sys.executable, "-c", SUPERVISOR, *serve_argv(model, port)],
         env=clean_env(),
         stdout=subprocess.PIPE,
         text=True,
     )
     assert supervisor.stdout is not None
-    provider = psutil.Process(int(supervisor.stdout.readline()))
+    return supervisor, psutil.Process(int(supervisor.stdout.readline()))
+
+
+def test_kill_9_of_the_supervisor_takes_the_provider_down(tiny_model: Path) -> None:
+    port = free_port()
+    supervisor, provider = start_supervised(tiny_model, port)
     try:
         wait_until(lambda: answers(port), 120, "the provider to be ready")
         supervisor.send_signal(signal.SIGKILL)
@@ -80,14 +85,7 @@ def test_kill_9_of_the_supervisor_takes_the_provider_down(tiny_model: Path) -> N
 def test_a_provider_dies_within_half_a_second_of_a_kill_9_even_while_starting(
     tiny_model: Path,
 ) -> None:
-    supervisor = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR, *serve_argv(tiny_model, free_port())],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert supervisor.stdout is not None
-    provider = psutil.Process(int(supervisor.stdout.readline()))
+    supervisor, provider = start_supervised(tiny_model, free_port())
     try:
         # Its first lines have run (the death signal is armed before the handlers are
         # installed); the heavy imports and the model load are still ahead of it.
