@@ -1,4 +1,4 @@
-"""Autotune's operator inputs: the axis CSV flags and the candidate list (pure; DESIGN §5, §7).
+"""Autotune's operator inputs: the axis CSV flags and the candidate list (pure).
 
 Every CSV flag is split on commas and each cell is stripped of surrounding whitespace. Empty
 cells (`1,,2`, a trailing comma, an empty string), duplicates (compared by parsed value, so
@@ -8,7 +8,8 @@ cells (`1,,2`, a trailing comma, an empty string), duplicates (compared by parse
 
 Order: `--candidate-models`, `--kv-bits-axis` and `--max-batch-axis` keep the operator's order
 (the candidate order is the Stage 1 contract, the other two feed the Stage 2 cell order of
-`tuning.stage2_cells`); `--max-context-axis` is sorted ascending, as DESIGN §5 requires.
+`tuning.stage2_cells`); `--max-context-axis` is sorted ascending: its cells are absolute caps,
+so the Stage 2 cell order does not depend on how the operator happened to list them.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class AutotuneInputError(ValueError):
 
 @dataclass(frozen=True)
 class CandidateModel:
-    """A default candidate with its size metadata (DESIGN §7), used for trimming and size order.
+    """A default candidate with its size metadata, used for trimming and size order.
 
     `params_b` is the parameter count in billions; `weights_gb` the approximate size of the
     4-bit weights on disk, in GB.

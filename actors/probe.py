@@ -1,4 +1,4 @@
-"""ProbeActor: drive load at a provider and measure it (DESIGN §3 ProbeActor, §5).
+"""ProbeActor: drive load at a provider and measure it (TTFT, tokens, wall time).
 
 One replicate is `concurrency` identical streaming chat completions, fired together at
 `127.0.0.1:port`, each at temperature 0 with a fixed `max_tokens` and
@@ -269,7 +269,7 @@ def _result(spec: ProbeSpec, streams: list[_Stream], reason: str | None) -> Repl
 
 
 class ProbeActor(pykka.ThreadingActor):
-    """Measures one replicate at a time on its own thread (DESIGN §3 ProbeActor)."""
+    """Measures one replicate at a time on its own thread, so the Tuner's thread only waits."""
 
     def __init__(self, cancel: threading.Event) -> None:
         super().__init__()

@@ -1,6 +1,7 @@
 """Autotune's decisions over measurements: aggregation, keep-best, cell order, size order, budget.
 
-Pure functions (no I/O, no clock reads: callers pass `now`); the contract is DESIGN §5.
+Pure functions (no I/O, no clock reads: callers pass `now`); the rules they implement are
+README's `autotune` section and docs/ARCHITECTURE.md's autotune pipeline.
 
 Percentiles use the nearest-rank method: for n sorted values x_1 ≤ … ≤ x_n, the p-th
 percentile is x_k with k = ⌈p · n / 100⌉ (1-based). So p95 of 1..20 is 19, of 1..100 is 95,
@@ -89,7 +90,7 @@ def _replicate_problem(number: int, replicate: Replicate) -> str | None:
 
 
 def aggregate(replicates: Sequence[Replicate], gate_ttft_ms: float | None) -> CellResult:
-    """Aggregate a trial's replicates into its value and feasibility (DESIGN §5).
+    """Aggregate a trial's replicates into its value and feasibility.
 
     - `tps_median`: median of the per-replicate throughputs of the successful replicates
       (mean of the middle two for an even count); None when there is no successful replicate
@@ -135,7 +136,7 @@ def _measurable_winner(cell: CellResult) -> bool:
 
 
 def keeps_best(new: CellResult, best: CellResult | None, epsilon: float) -> bool:
-    """Whether `new` replaces `best` as the kept cell (DESIGN §5 keep-best, ε ≥ 0).
+    """Whether `new` replaces `best` as the kept cell (ε = `--tps-tie-epsilon`, ≥ 0).
 
     An infeasible cell, or one with unmeasurable or zero throughput, never wins. Without a
     (measurable) best, any other cell wins. Otherwise `new` wins when its throughput exceeds

@@ -1,4 +1,4 @@
-"""`autotune --json`: the frozen document of DESIGN §5, built from the same `RunReport` every
+"""`autotune --json`: the run's frozen JSON document, built from the same `RunReport` every
 other output renders, and the JSON Schema (draft 2020-12) that pins it down.
 
 The schema ships beside this module as package data (`autotune.schema.json`) so a consumer of
@@ -24,7 +24,7 @@ TIMESTAMP_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def run_document(report: RunReport) -> dict[str, Any]:
-    """The run as DESIGN §5's frozen `--json` schema, plus `partial`. Every key is always
+    """The run as the frozen `--json` document (`autotune.schema.json`). Every key is always
     present; "none" is JSON null (`recommendation`, `recipe_hash`, and `ended_at` and
     `exit_reason` of a run that never closed), never an empty object or a missing key."""
     start = report.run.start
@@ -43,7 +43,7 @@ def run_document(report: RunReport) -> dict[str, Any]:
         "recipe_hash": report.recipe_hash(),
         "db_path": str(report.db_path),
         "exit_reason": None if report.exit_reason is None else report.exit_reason.value,
-        # Last, so the frozen fields keep DESIGN §5's order; true exactly when a
+        # Added after the contract's fields, so those keep their frozen order; true exactly when a
         # recommendation exists and the run did not end `ok` (the best cell so far).
         "partial": recommendation is not None and recommendation.partial,
     }

@@ -59,7 +59,8 @@ def run_exit_code(reason: str) -> int:
     return RUN_EXIT_CODES.get(reason, EX_SOFTWARE)
 
 
-# How an autotune run ended (its exit reason, DESIGN §5) → its exit code. README lists them.
+# How an autotune run ended (its exit reason, `tune_runs.exit_reason`) → its exit code; README's
+# "Exit codes of `autotune`" table lists them.
 AUTOTUNE_EXIT_CODES: dict[ExitReason, int] = {
     ExitReason.OK: 0,
     ExitReason.NO_FEASIBLE: 2,

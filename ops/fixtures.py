@@ -1,5 +1,11 @@
-"""Build the fixture models of DESIGN §7: small real mlx-lm Llama checkpoints, byte for byte
-the same on every build, cached in a folder whose absolute path is the last line of stdout.
+"""Build the fixture models that the tests, the demo and the benchmarks run on.
+
+No machine this runs on reaches a model hub, so these stand in for real models: small real
+mlx-lm Llama checkpoints (config.json, model.safetensors, a `tokenizers` tokenizer.json and a
+tokenizer_config.json with a ChatML template and `<|im_end|>` as the stop token) that load
+through the same code path as any model, in four sizes, the largest still quick on a 2-core
+CPU. They are byte for byte the same on every build (fixed seed, fixed step counts) and cached
+in a folder whose absolute path is the last line of stdout.
 
 Usage: ops/fixtures.py [--dir DIR] [--only NAME ...]
 """

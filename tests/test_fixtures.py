@@ -1,4 +1,4 @@
-"""ops/fixtures.py builds byte-identical, cached, loadable fixture models (DESIGN §7)."""
+"""ops/fixtures.py builds byte-identical, cached, loadable fixture models."""
 
 from __future__ import annotations
 

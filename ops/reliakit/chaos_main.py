@@ -2,7 +2,7 @@
 
     ops/chaos [--iterations N] [--seed S] [--json FILE] [--write-docs]
 
-It prints the seed first, then one line per iteration and a final `chaos: F failures in N
+It prints its random seed first, then one line per iteration and a final `chaos: F failures in N
 iterations (seed S)`; exit 0 with no failure, 1 otherwise, 64 on a bad flag. A failed
 iteration's folder (the command's stdout, stderr, DB, config, provider logs) is kept and
 named. The same seed replays the same iterations.

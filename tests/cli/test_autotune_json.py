@@ -1,4 +1,4 @@
-"""`autotune --json` (DESIGN §5): documents built through `build_report` from hand-made stored
+"""`autotune --json`: documents built through `build_report` from hand-made stored
 runs (no processes, no database), each validated against the JSON Schema the package ships.
 
 Validation runs without format checking: `format` is an annotation in draft 2020-12, and
@@ -48,7 +48,7 @@ DAMAGED = "pre-warm integrity failure: org/medium-14B: model.safetensors: sha256
 UNSET_CELL = Cell(kv_bits=None, max_batch=2, max_context=2064)
 KV4_CELL = Cell(kv_bits=4, max_batch=1, max_context=2064)
 
-# DESIGN §5's frozen order, then `partial`.
+# The contract's frozen order (the schema's `required`), then `partial`.
 KEYS: Final = [
     "spec_version",
     "run_id",
