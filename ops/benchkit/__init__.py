@@ -1,4 +1,4 @@
-"""Benchmarks (issue 7): serving overhead and batching against raw mlx-lm and mlx_lm.server,
+"""Benchmarks: serving overhead and batching against raw mlx-lm and mlx_lm.server,
 and where the demo autotune's time goes.
 
 `ops/bench [--model PATH] [--repetitions N] [--quick] [--json FILE] [--write-docs]`

@@ -36,7 +36,7 @@ def render_targets(summary: dict[str, Any]) -> list[str]:
         f"ours makes {num(summary['ours_c4_vs_c1'], 2)}×."
     )
     header = ["ratio", "value", "target", "verdict"]
-    return ["### Targets (issue 7)", "", *table(header, rows), "", ceiling]
+    return ["### Targets", "", *table(header, rows), "", ceiling]
 
 
 def render_single(summary: dict[str, Any], plan: Plan) -> list[str]:
