@@ -39,6 +39,8 @@ __all__ = [
     "PORT",
     "SECRET_YAML_ONLY_KEYS",
     "SERVE_OPTIONS",
+    "TUNED_KNOBS",
+    "UNSET_TOKEN",
     "CliOption",
     "KnobSpec",
     "ServeConfig",
@@ -70,7 +72,7 @@ DEFAULT_MAX_BATCH = 1
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_PORT = 18080
 DEFAULT_HOST = "127.0.0.1"
-_UNSET_TOKEN = "unset"
+UNSET_TOKEN = "unset"
 
 # Of the keys only the YAML file carries (passed on uninterpreted), those never to echo.
 SECRET_YAML_ONLY_KEYS = frozenset({"provider_token"})
@@ -141,12 +143,12 @@ class _IntRange:
         return number
 
 
-_KV_BITS_RULE = f"must be 4 or 8, or {_UNSET_TOKEN} for an unquantized cache"
+_KV_BITS_RULE = f"must be 4 or 8, or {UNSET_TOKEN} for an unquantized cache"
 
 
 def _kv_bits_from_text(raw: str) -> int | None:
     token = raw.strip().lower()
-    if token == _UNSET_TOKEN:
+    if token == UNSET_TOKEN:
         return None
     if token in ("4", "8"):
         return int(token)
@@ -155,7 +157,7 @@ def _kv_bits_from_text(raw: str) -> int | None:
 
 def _kv_bits_from_yaml(value: object) -> int | None:
     # YAML null and the `unset` token both mean "unquantized"; numbers must be real ints.
-    if value is None or (isinstance(value, str) and value.strip().lower() == _UNSET_TOKEN):
+    if value is None or (isinstance(value, str) and value.strip().lower() == UNSET_TOKEN):
         return None
     if isinstance(value, int) and not isinstance(value, bool) and value in (4, 8):
         return value
@@ -163,14 +165,14 @@ def _kv_bits_from_yaml(value: object) -> int | None:
 
 
 _MEMORY_LIMIT_RULE = (
-    f"must be a positive number of GB (1 GB = 10^9 bytes), e.g. 0.5 or 16, or {_UNSET_TOKEN} "
+    f"must be a positive number of GB (1 GB = 10^9 bytes), e.g. 0.5 or 16, or {UNSET_TOKEN} "
     "for no limit"
 )
 
 
 def _gb_from_text(raw: str) -> float | None:
     token = raw.strip()
-    if token.lower() == _UNSET_TOKEN:
+    if token.lower() == UNSET_TOKEN:
         return None
     # float() alone would also take "nan", "1e3", "1_0" and non-ASCII digits.
     if not re.fullmatch(r"\+?(?:[0-9]+\.?[0-9]*|\.[0-9]+)", token):
@@ -179,7 +181,7 @@ def _gb_from_text(raw: str) -> float | None:
 
 
 def _gb_from_yaml(value: object) -> float | None:
-    if isinstance(value, str) and value.strip().lower() == _UNSET_TOKEN:
+    if isinstance(value, str) and value.strip().lower() == UNSET_TOKEN:
         return None
     # bool is a subclass of int: `memory_limit_gb: true` must not read as 1 GB.
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -232,10 +234,30 @@ class KnobSpec(CliOption, Generic[T]):
     from_text: Callable[[str], T]  # CLI and environment values
     from_yaml: Callable[[object], T]  # values already typed by the YAML parser
     default: Callable[[int], T]  # given the machine's RAM in bytes
-    # True when YAML null is one of the knob's values (kv_bits: unquantized); for other knobs a
-    # null reads as "not set here" so that layers below still apply.
-    yaml_null_is_value: bool = False
+    # True when None is one of the knob's values (kv_bits: unquantized), spelled `unset` and
+    # shown as such; for other knobs None is "not set here" (a YAML null lets the layers below
+    # apply) and has no text.
+    none_is_value: bool = False
     secret: bool = False  # never echo the value in an error message
+    # The tuned knobs only (None for the others): the chart's short label prefix (`kv8 b2`),
+    # the field of autotune's JSON `knobs` object and the `tune_trials` column.
+    short: str | None = None
+    json_key: str | None = None
+    db_column: str | None = None
+
+    @property
+    def display(self) -> str:
+        """The name the operator reads beside a value (`max-batch 2`): the flag's own words."""
+        return self.flag.removeprefix("--")
+
+    def text(self, value: T) -> str:
+        """`value` as the text `from_text` reads back to it: what a flag carries and what the
+        operator reads. None is `unset`, which only a `none_is_value` knob reads back."""
+        if value is None:
+            return UNSET_TOKEN
+        # Decimal: the shortest text of a float, never an exponent (`1e-05`), which the GB
+        # parser refuses.
+        return format(Decimal(repr(value)), "f") if isinstance(value, float) else str(value)
 
 
 _POSITIVE = _IntRange(1)
@@ -256,14 +278,17 @@ KV_BITS: KnobSpec[int | None] = KnobSpec(
     name="kv_bits",
     flag="--kv-bits",
     env="MACPROVIDER_KV_BITS",
-    help=f"Quantize the KV cache to 4 or 8 bits from the first token; {_UNSET_TOKEN} keeps it "
+    help=f"Quantize the KV cache to 4 or 8 bits from the first token; {UNSET_TOKEN} keeps it "
     "unquantized.",
-    default_help=f"{_UNSET_TOKEN} (unquantized)",
+    default_help=f"{UNSET_TOKEN} (unquantized)",
     yaml_key="kv_bits",
     from_text=_kv_bits_from_text,
     from_yaml=_kv_bits_from_yaml,
     default=_const(None),
-    yaml_null_is_value=True,
+    none_is_value=True,
+    short="kv",
+    json_key="kv_bits",
+    db_column="kv_bits",
 )
 MAX_CONTEXT: KnobSpec[int] = KnobSpec(
     name="max_context",
@@ -276,6 +301,9 @@ MAX_CONTEXT: KnobSpec[int] = KnobSpec(
     from_text=_POSITIVE.from_text,
     from_yaml=_POSITIVE.from_yaml,
     default=default_max_context,
+    short="c",
+    json_key="max_context_override",
+    db_column="max_context_cap",
 )
 MAX_BATCH: KnobSpec[int] = KnobSpec(
     name="max_batch",
@@ -287,6 +315,9 @@ MAX_BATCH: KnobSpec[int] = KnobSpec(
     from_text=_POSITIVE.from_text,
     from_yaml=_POSITIVE.from_yaml,
     default=_const(DEFAULT_MAX_BATCH),
+    short="b",
+    json_key="max_concurrency_override",
+    db_column="max_batch",
 )
 MAX_QUEUE: KnobSpec[int] = KnobSpec(
     name="max_queue",
@@ -305,8 +336,8 @@ MEMORY_LIMIT_GB: KnobSpec[float | None] = KnobSpec(
     env="MACPROVIDER_MEMORY_LIMIT_GB",
     help="Memory the provider may use, in GB of 10^9 bytes (a '16 GB' Mac has 16 GiB = 17.18 GB): "
     "it refuses to start (exit 65) if the weights plus a KV cache filled to the max context for "
-    f"every batch slot need more; {_UNSET_TOKEN} removes the limit.",
-    default_help=f"{_UNSET_TOKEN} (no limit)",
+    f"every batch slot need more; {UNSET_TOKEN} removes the limit.",
+    default_help=f"{UNSET_TOKEN} (no limit)",
     yaml_key="memory_limit_gb",
     from_text=_gb_from_text,
     from_yaml=_gb_from_yaml,
@@ -368,6 +399,9 @@ KNOBS: tuple[KnobSpec[Any], ...] = (
 )
 # Everything `serve` takes as an option, in `--help` order.
 SERVE_OPTIONS: tuple[CliOption, ...] = (*KNOBS, CONFIG_OPTION)
+# The knobs autotune measures, in the order the operator reads them (the recommendation, its
+# serve command, the report's columns); each has a `short`, a `json_key` and a `db_column`.
+TUNED_KNOBS: tuple[KnobSpec[Any], ...] = (KV_BITS, MAX_BATCH, MAX_CONTEXT)
 
 
 def serve_flags(values: Mapping[str, object]) -> list[str]:
@@ -384,14 +418,8 @@ def serve_flags(values: Mapping[str, object]) -> list[str]:
             continue
         if spec.secret:
             raise ValueError(f"{spec.flag} never goes on a command line; use {spec.env}")
-        flags += [spec.flag, _as_text(value)]
+        flags += [spec.flag, spec.text(value)]
     return flags
-
-
-def _as_text(value: object) -> str:
-    # Decimal: the shortest text of the float, never an exponent (`1e-05`), which the GB
-    # parser refuses.
-    return format(Decimal(repr(value)), "f") if isinstance(value, float) else str(value)
 
 
 # --- the resolved configuration ---------------------------------------------------------------
@@ -541,7 +569,7 @@ class _Layers:
             source = f"env {spec.env}"
             return _check(spec.from_text, self.env[spec.env], spec.name, source, spec.secret)
         if spec.yaml_key in self.document and (
-            self.document[spec.yaml_key] is not None or spec.yaml_null_is_value
+            self.document[spec.yaml_key] is not None or spec.none_is_value
         ):
             return self._yaml(spec.name, spec.yaml_key, spec.from_yaml, spec.secret)
         return spec.default(self.ram_bytes), "default"
