@@ -1,5 +1,8 @@
-"""What a finished autotune run tells the operator (DESIGN §5): the recommendation, the name-only
+"""What a finished autotune run tells the operator: the recommendation, the name-only
 alternates, and the all-infeasible report. Pure functions over what the tuner measured.
+
+The knobs' flags and JSON fields come from the knob table (`TUNED_KNOBS`), and a `Cell`'s
+fields carry the knobs' own names, so nothing here spells a knob by hand.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 import rfc8785
 
 from macprovider.actors.tuning import Cell, CellResult, size_order
+from macprovider.server.knobs import MODEL, TUNED_KNOBS
 
 SERVE_PROGRAM = "macprovider-supervise serve"
 
@@ -30,12 +34,9 @@ class Recommendation:
     partial: bool
 
     def knobs(self) -> dict[str, int | None]:
-        """The knobs under their YAML names (DESIGN §4): what `--apply` writes."""
-        return {
-            "kv_bits": self.cell.kv_bits,
-            "max_concurrency_override": self.cell.max_batch,
-            "max_context_override": self.cell.max_context,
-        }
+        """The knobs under their JSON names, which are their config.yaml keys: what `--apply`
+        writes."""
+        return {_json_key(spec.json_key): getattr(self.cell, spec.name) for spec in TUNED_KNOBS}
 
     def serve_command(self) -> str:
         return serve_command(self.model, self.cell)
@@ -44,9 +45,7 @@ class Recommendation:
     def from_json(cls, document: Mapping[str, Any], *, partial: bool) -> Recommendation:
         """Back from `as_json` (the DB's `recommendation_json`)."""
         knobs = document["knobs"]
-        cell = Cell(
-            knobs["kv_bits"], knobs["max_concurrency_override"], knobs["max_context_override"]
-        )
+        cell = Cell(**{spec.name: knobs[_json_key(spec.json_key)] for spec in TUNED_KNOBS})
         return cls(
             document["model"],
             document["target_context"],
@@ -58,7 +57,8 @@ class Recommendation:
         )
 
     def as_json(self) -> dict[str, Any]:
-        """The `recommendation` object of DESIGN §5's frozen schema."""
+        """The `recommendation` object of autotune's JSON (`cli/autotune.schema.json`, frozen:
+        scripts read it)."""
         return {
             "model": self.model,
             "target_context": self.target_context,
@@ -79,12 +79,19 @@ class Infeasible:
     reason: str
 
 
+def _json_key(key: str | None) -> str:
+    # Every tuned knob has one; a None here is a knob table that lost it.
+    assert key is not None
+    return key
+
+
 def serve_command(model: str, cell: Cell) -> str:
-    """The copy-pasteable serve command; `--kv-bits` is omitted for an unquantized cache."""
-    args = ["--model", model]
-    if cell.kv_bits is not None:
-        args += ["--kv-bits", str(cell.kv_bits)]
-    args += ["--max-batch", str(cell.max_batch), "--max-context", str(cell.max_context)]
+    """The copy-pasteable serve command, its knobs in `TUNED_KNOBS` order; a None knob
+    (`--kv-bits` for an unquantized cache) is omitted, which is serve's default."""
+    args = [MODEL.flag, model]
+    for spec in TUNED_KNOBS:
+        if (value := getattr(cell, spec.name)) is not None:
+            args += [spec.flag, spec.text(value)]
     return f"{SERVE_PROGRAM} {shlex.join(args)}"
 
 
@@ -143,8 +150,8 @@ def recipe_hash(
     chip: str,
     ram_gb: float,
 ) -> str:
-    """`sha256:` + hex of the RFC 8785 (JCS) canonical JSON of exactly the seven recipe fields
-    (DESIGN §5): what was recommended, for which inputs, on which machine and version.
+    """`sha256:` + hex of the RFC 8785 (JCS) canonical JSON of exactly the seven recipe fields:
+    what was recommended, for which inputs, on which machine and version.
     Observations (tok/s, TTFT), ids and timestamps are left out, so a re-run that lands on the
     same recipe has the same hash."""
     recipe: dict[str, Any] = {

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from macprovider.server.config import KNOBS, SECRET_YAML_ONLY_KEYS
+from macprovider.server.knobs import KNOBS, SECRET_YAML_ONLY_KEYS
 
 __all__ = ["REDACTED", "redact_argv"]
 
