@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import pykka
 
@@ -19,6 +20,9 @@ from macprovider.actors.messages import RunOutcome
 from macprovider.actors.provider import ProcessGroups
 from macprovider.actors.stop_signals import STOP
 from macprovider.actors.supervisor import ChildSpec, start_supervisor
+
+# How long a stop signal that landed on another thread may wait for its handler.
+SIGNAL_CHECK_S: Final = 0.1
 
 
 def supervise(
@@ -49,5 +53,9 @@ def supervise(
         return stop
 
     with STOP.supervising(start, groups.kill_all, on_reload):
-        done.wait()
+        # Never one long blocking wait: the kernel may hand a process-directed signal to any
+        # thread, and then CPython only flags it; the handler runs when the main thread next
+        # executes bytecode. A plain `done.wait()` would sit on a Ctrl-C until the run ended.
+        while not done.wait(SIGNAL_CHECK_S):
+            pass
     return outcomes[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import socket
@@ -22,6 +23,17 @@ MAX_DELAY_S = 1.5
 EXIT_BOUND_S = 10.0  # the drain grace for our own children
 
 
+def kill_if_left(harness: subprocess.Popen[str]) -> None:
+    """A failed iteration must not leave its stand-ins to the tests that run after it."""
+    if harness.poll() is not None:
+        return
+    for child in psutil.Process(harness.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    harness.kill()
+    harness.wait()
+
+
 def interrupt_once(tmp_path: Path, delay: float) -> float:
     tmp_path.mkdir(parents=True, exist_ok=True)
     db, port = tmp_path / "autotune.sqlite", free_port()
@@ -34,14 +46,17 @@ def interrupt_once(tmp_path: Path, delay: float) -> float:
         str(port),
     ]
     harness = subprocess.Popen(argv, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, text=True)
-    assert harness.stdout is not None
-    assert harness.stdout.readline().strip() == "run started"
-    time.sleep(delay)  # the random moment itself, not a wait for anything
-    ours = psutil.Process(harness.pid).children(recursive=True)
-    harness.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    assert harness.wait(timeout=EXIT_BOUND_S) == 1
-    took = time.monotonic() - sent
+    try:
+        assert harness.stdout is not None
+        assert harness.stdout.readline().strip() == "run started"
+        time.sleep(delay)  # the random moment itself, not a wait for anything
+        ours = psutil.Process(harness.pid).children(recursive=True)
+        harness.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        assert harness.wait(timeout=EXIT_BOUND_S) == 1
+        took = time.monotonic() - sent
+    finally:
+        kill_if_left(harness)
     wait_until(lambda: not any(p.is_running() for p in ours), 5, "no process of ours")
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
