@@ -25,7 +25,8 @@ from typing import Any, Final, TypeVar, cast
 import pykka
 
 from macprovider.actors.autotune_inputs import TuneSettings
-from macprovider.actors.drain import DrainProxy, conflict_message
+from macprovider.actors.drain import DrainProxy
+from macprovider.actors.drain_decisions import conflict_message
 from macprovider.actors.exit_reasons import DATABASE_UNAVAILABLE, ExitReason
 from macprovider.actors.messages import DrainFailed, Knobs, Loaded, LoadFailed, ProbeSpec
 from macprovider.actors.prewarm import (

@@ -16,8 +16,9 @@ Decisions:
   usual system ones (launchd's default PATH has no Homebrew and no virtualenv).
 - Nothing here runs launchctl or systemctl to change anything: `install` and `uninstall` print
   the exact commands to load, start, stop or unload, for the operator to run. `status` (and the
-  guard of `uninstall`) only asks: `launchctl print`, `systemctl --user is-active`, each with a
-  timeout, never through a shell.
+  guard of `uninstall`) only asks: `launchctl print`, `systemctl --user is-active`. The names,
+  the commands, which states count as live and the timeout are `actors.service_manager`'s,
+  shared with `autotune --drain`.
 - `install` writes atomically (temp file, fsync, rename), mode 0644, creating missing folders
   (on macOS the log folder too: launchd does not create it). The same content already there is
   not rewritten; a different file is refused without `--force`.
@@ -34,9 +35,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,14 +44,15 @@ from typing import Any, Literal
 
 import click
 
-from macprovider.cli.apply import LAUNCHD_LABEL, SYSTEMD_UNIT
+from macprovider.actors import service_manager as manager
+from macprovider.actors.service_calls import run_tool
+from macprovider.actors.service_manager import PLATFORMS, SHELL_UID, Platform, ServiceState
 from macprovider.cli.atomic_file import replace_file
 from macprovider.cli.errors import ServiceError
 
 __all__ = [
     "PLATFORMS",
     "TEMPLATES_DIR",
-    "ManagerState",
     "ServiceError",
     "ServiceFile",
     "install",
@@ -65,12 +64,10 @@ __all__ = [
 ]
 
 PROG = "macprovider-supervise"
-PLATFORMS = ("macos", "linux")
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 PLIST_TEMPLATE = "launchd.plist.template"
 UNIT_TEMPLATE = "systemd.service.template"
 FILE_MODE = 0o644  # launchd refuses a plist others can write; nothing in it is secret
-QUERY_TIMEOUT_S = 5.0  # a service manager that hangs must not hang `status`
 SYSTEM_PATH = ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # also a file name: no `/`, no leading dot
@@ -82,7 +79,7 @@ _SYSTEMD_BARE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")  # an ExecStart word that 
 class ServiceFile:
     """What `install` writes for one platform, and where."""
 
-    platform: str  # "macos" or "linux"
+    platform: Platform
     name: str  # the launchd label or the systemd unit
     path: Path
     content: str
@@ -91,14 +88,6 @@ class ServiceFile:
     @property
     def kind(self) -> str:
         return "launchd agent" if self.platform == "macos" else "systemd user unit"
-
-
-@dataclass(frozen=True)
-class ManagerState:
-    """What launchd or systemd says about the service: running is None when it cannot say."""
-
-    running: bool | None
-    text: str
 
 
 # --- the file -------------------------------------------------------------------------------
@@ -114,7 +103,7 @@ def supervise_command(executable: str = sys.executable) -> list[str]:
 
 
 def service_file(
-    platform: str, label: str, unit: str, env: Mapping[str, str], command: list[str]
+    platform: Platform, label: str, unit: str, env: Mapping[str, str], command: list[str]
 ) -> ServiceFile:
     """The file `install` would write for `platform`, running `command run`."""
     home = Path(env.get("HOME") or Path.home())
@@ -182,9 +171,14 @@ def _systemd_word(arg: str, *, first: bool) -> str:
 # --- what the operator runs -----------------------------------------------------------------
 
 
+# systemd's enable and disable (a drain only stops and starts) make the unit start, or no
+# longer start, at every login; a launchd agent in LaunchAgents is loaded at login anyway.
+
+
 def start_commands(file: ServiceFile) -> list[str]:
     if file.platform == "macos":
-        return [f"launchctl bootstrap gui/$(id -u) {shlex.quote(str(file.path))}"]
+        bootstrap = manager.start("macos", file.name, uid=SHELL_UID, plist=file.path)
+        return [manager.shell_command(bootstrap)]
     return [f"systemctl --user daemon-reload && systemctl --user enable --now {file.name}"]
 
 
@@ -192,12 +186,13 @@ def reload_commands(file: ServiceFile) -> list[str]:
     """How a running service picks up a replaced file (a loaded launchd job keeps the old one)."""
     if file.platform == "macos":
         return [*stop_commands(file), *start_commands(file)]
-    return [f"systemctl --user daemon-reload && systemctl --user restart {file.name}"]
+    restart = manager.shell_command(manager.restart("linux", file.name, uid=SHELL_UID))
+    return [f"systemctl --user daemon-reload && {restart}"]
 
 
 def stop_commands(file: ServiceFile) -> list[str]:
     if file.platform == "macos":
-        return [f"launchctl bootout gui/$(id -u)/{file.name}"]
+        return [manager.shell_command(manager.stop("macos", file.name, uid=SHELL_UID))]
     return [f"systemctl --user disable --now {file.name}"]
 
 
@@ -257,8 +252,8 @@ def uninstall(file: ServiceFile, *, force: bool, dry_run: bool) -> bool:
 def _in_use(file: ServiceFile) -> str | None:
     """Why removing the file now would strand the service, or None."""
     state = manager_state(file)
-    if state.running:
-        return state.text  # "loaded", or systemd's word for it ("active", "reloading"…)
+    if state.live:
+        return state.text  # "loaded", or systemd's word for it ("active", "activating"…)
     if file.platform == "linux" and any(file.path.parent.glob(f"*.wants/{file.name}")):
         return "enabled"
     return None
@@ -280,34 +275,11 @@ def _reason(err: OSError) -> str:
 # --- asking the service manager -------------------------------------------------------------
 
 
-def manager_state(file: ServiceFile) -> ManagerState:
-    """Asks launchd whether the label is loaded, or systemd whether the unit is active."""
-    if file.platform == "macos":
-        argv = ["launchctl", "print", f"gui/{os.getuid()}/{file.name}"]
-    else:
-        argv = ["systemctl", "--user", "is-active", file.name]
-    tool = argv[0]
-    found = shutil.which(tool)  # launchctl/systemctl: the PATH's, as a shell would
-    if found is None:
-        return ManagerState(None, f"unknown ({tool} is not on PATH)")
-    try:
-        done = subprocess.run(
-            [found, *argv[1:]], capture_output=True, text=True, timeout=QUERY_TIMEOUT_S
-        )
-    except subprocess.TimeoutExpired:
-        return ManagerState(None, f"unknown ({tool} gave no answer within {QUERY_TIMEOUT_S:g} s)")
-    except OSError as err:
-        return ManagerState(None, f"unknown ({tool}: {_reason(err)})")
-    if file.platform == "macos":
-        loaded = done.returncode == 0
-        return ManagerState(loaded, "loaded" if loaded else "not loaded")
-    # is-active prints the state (active, inactive, failed, activating…) and exits 0 if active;
-    # with no user manager to ask it prints nothing on stdout and says why on stderr.
-    words = done.stdout.split()
-    if words:
-        return ManagerState(done.returncode == 0, words[0])
-    why = done.stderr.strip().splitlines()
-    return ManagerState(None, f"unknown ({tool}: {why[0] if why else f'exit {done.returncode}'})")
+def manager_state(file: ServiceFile) -> ServiceState:
+    """Asks launchd whether the label is loaded, or systemd whether the unit is live."""
+    query = manager.query(file.platform, file.name, uid=os.getuid())
+    # launchctl/systemctl: the PATH's, as a shell would find them.
+    return manager.service_state(file.platform, run_tool(query, os.environ))
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -325,13 +297,10 @@ def _unit_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-def _platform(value: str | None) -> str:
-    if value is not None:
-        return value
-    if sys.platform == "darwin":
-        return "macos"
-    if sys.platform.startswith("linux"):
-        return "linux"
+def _platform(value: Platform | None) -> Platform:
+    found = value or manager.platform_of(sys.platform)
+    if found is not None:
+        return found
     raise click.UsageError(f"no launchd or systemd on {sys.platform}; choose one with --platform")
 
 
@@ -339,14 +308,14 @@ def _target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options every subcommand shares: which platform, and the service's name on each."""
     fn = click.option(
         "--unit",
-        default=SYSTEMD_UNIT,
+        default=manager.SYSTEMD_UNIT,
         show_default=True,
         callback=_unit_name,
         help="The systemd user unit (Linux).",
     )(fn)
     fn = click.option(
         "--label",
-        default=LAUNCHD_LABEL,
+        default=manager.LAUNCHD_LABEL,
         show_default=True,
         callback=_label,
         help="The launchd label (macOS); the plist is <label>.plist.",
@@ -359,7 +328,7 @@ def _target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def _file(platform: str | None, label: str, unit: str) -> ServiceFile:
+def _file(platform: Platform | None, label: str, unit: str) -> ServiceFile:
     return service_file(_platform(platform), label, unit, os.environ, supervise_command())
 
 
@@ -386,7 +355,9 @@ def service() -> None:
 @_target_options
 @click.option("--force", is_flag=True, help="Replace an existing file that differs.")
 @click.option("--dry-run", is_flag=True, help="Print the file and where it goes; write nothing.")
-def install_command(platform: str | None, label: str, unit: str, force: bool, dry_run: bool) -> int:
+def install_command(
+    platform: Platform | None, label: str, unit: str, force: bool, dry_run: bool
+) -> int:
     """Write the plist or unit that runs `macprovider-supervise run`, restarted on failure."""
     file = _file(platform, label, unit)
     outcome = install(file, force=force, dry_run=dry_run)
@@ -410,7 +381,7 @@ def install_command(platform: str | None, label: str, unit: str, force: bool, dr
 @click.option("--force", is_flag=True, help="Remove the file even while the service is in use.")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 def uninstall_command(
-    platform: str | None, label: str, unit: str, force: bool, dry_run: bool
+    platform: Platform | None, label: str, unit: str, force: bool, dry_run: bool
 ) -> int:
     """Remove the plist or unit (stop the service first: the refusal says how)."""
     file = _file(platform, label, unit)
@@ -426,7 +397,7 @@ def uninstall_command(
 
 @service.command("status", short_help="Is it installed, loaded, active?")
 @_target_options
-def status_command(platform: str | None, label: str, unit: str) -> int:
+def status_command(platform: Platform | None, label: str, unit: str) -> int:
     """Say whether the service file is installed, and whether launchd/systemd runs it."""
     file = _file(platform, label, unit)
     existing = _read(file.path)

@@ -12,19 +12,26 @@ Every call is appended to `root/calls.jsonl` as `[tool, *args]`; `calls()` reads
 as `python dir/name args…`, exactly the shape of a console script such as the real
 `macprovider-supervise`. `STANDIN_BODY` serves like `provider_standin.py` (a leading
 `serve` is dropped); `PARENT_BODY` starts a child, prints its PID and stops it on SIGTERM,
-like `run` does.
+like `run` does. `Programs` starts such stand-ins for a test and ends them all after it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from macprovider.actors.provider import port_is_free
+from tests.conftest import clean_env, free_port, wait_until
+
 STANDIN = Path(__file__).with_name("provider_standin.py")
+UP_TIMEOUT = 10.0  # for a stand-in to listen, or an ended one to be reaped
 
 # Both tools are this one script; it dispatches on the name it was called by.
 _TOOL_SOURCE = r"""
@@ -237,3 +244,76 @@ class FakeServices:
 
     def _save(self, state: dict[str, Any]) -> None:
         self.state_path.write_text(json.dumps(state))
+
+
+# The stand-in knows no API key: it is dropped before the stand-in parses its arguments.
+KEY_DROPPING = """
+import sys
+
+args = sys.argv[1:]
+if "--api-key" in args:
+    del args[args.index("--api-key") : args.index("--api-key") + 2]
+sys.argv[1:] = [arg for arg in args if not arg.startswith("--api-key=")]
+"""
+
+
+class Programs:
+    """Processes named like the provider, started by a test and all ended after it."""
+
+    def __init__(self, root: Path) -> None:
+        self.bin_dir = root / "programs"
+        self.cwd = root / "cwd"
+        self.cwd.mkdir()
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def serve(
+        self, name: str = "macprovider-supervise", mode: str = "ok", *extra: str
+    ) -> tuple[int, int]:
+        """A stand-in `<name> serve --no-join --port P --model m [extra]` listening on P;
+        (pid, P). An `--api-key` among `extra` stays in the process's command line only."""
+        port = free_port()
+        program = write_program(self.bin_dir, name, KEY_DROPPING + STANDIN_BODY)
+        argv = [str(program), "serve", "--no-join", "--port", str(port), "--model", "m", *extra]
+        proc = self._start(argv, clean_env(STANDIN_MODE=mode))
+        wait_until(lambda: self._listening(proc, port), UP_TIMEOUT, f"the stand-in on {port}")
+        return proc.pid, port
+
+    def parent(self, subcommand: str, child: list[str] | None = None) -> tuple[int, int]:
+        """`macprovider-supervise <subcommand>` with one child process; (pid, child pid)."""
+        program = write_program(self.bin_dir / "parent", "macprovider-supervise", PARENT_BODY)
+        env = clean_env(PARENT_CHILD_ARGV=json.dumps(child), STANDIN_MODE="ok")
+        proc = self._start([str(program), subcommand], env, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        return proc.pid, int(proc.stdout.readline())
+
+    def end_all(self) -> None:
+        # Ours to end, SIGKILL included (the DrainActor never does that); restarted
+        # processes are children of this test process too.
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if str(self.bin_dir) in " ".join(child.cmdline()):
+                    child.kill()
+                    child.wait(timeout=UP_TIMEOUT)
+            except psutil.Error:
+                pass
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=UP_TIMEOUT)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def _start(
+        self, argv: list[str], env: dict[str, str], stdout: int = subprocess.DEVNULL
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            argv, cwd=self.cwd, env=env, stdout=stdout, stderr=subprocess.DEVNULL
+        )
+        self.started.append(proc)
+        return proc
+
+    @staticmethod
+    def _listening(proc: subprocess.Popen[bytes], port: int) -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the stand-in exited {proc.returncode}")
+        return not port_is_free(port)

@@ -1,6 +1,6 @@
-"""DrainActor: the pure decisions (launchctl output, the command-line matcher, the manual
-commands, the conflict message), then detect / drain / restore against fake `launchctl`
-and `systemctl` first on PATH and real stand-in providers named like the real one.
+"""DrainActor: detect / drain / restore against fake `launchctl` and `systemctl` first on
+PATH and real stand-in providers named like the real one (its decisions are in
+test_drain_decisions.py and test_service_manager.py).
 
 Other sessions may run real providers on this machine at the same time: tests only ever
 drain findings they made themselves, and look foreground findings up by PID.
@@ -8,11 +8,9 @@ drain findings they made themselves, and look foreground findings up by PID.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,25 +18,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from macprovider.actors.drain import (
-    DrainProxy,
-    DrainRefused,
-    LaunchdEntry,
-    ServiceNames,
-    conflict_message,
-    manual_restore_command,
-    manual_stop_command,
-    parse_launchctl_list,
-    plist_path_from_print,
-    provider_subcommand,
-    start_drain_actor,
-)
+from macprovider.actors.drain import DrainProxy, DrainRefused, start_drain_actor
+from macprovider.actors.drain_decisions import conflict_message, provider_subcommand
 from macprovider.actors.messages import Drained, DrainFailed, Finding, RestoreReport
 from macprovider.actors.provider import port_is_free
+from macprovider.actors.service_manager import ServiceNames
 from tests.actors.fake_services import (
-    PARENT_BODY,
     STANDIN_BODY,
+    UP_TIMEOUT,
     FakeServices,
+    Programs,
     write_program,
 )
 from tests.conftest import clean_env, free_port, wait_until
@@ -48,175 +37,9 @@ UNIT = "macprovider.service"
 UID = os.getuid()
 ACTOR_TIMEOUT = 30.0  # every future: a wedged actor fails the test instead of hanging it
 GRACE = 1.0  # the drain grace in tests: short, so a process that will not go fails fast
-UP_TIMEOUT = 10.0
 SECRET = "k-never-shown"
 
-# --- launchctl output ----------------------------------------------------------------------
-
-LIST_HEADER = "PID\tStatus\tLabel\n"
-
-
-@pytest.mark.parametrize(
-    ("text", "entry"),
-    [
-        (LIST_HEADER + f"812\t0\t{LABEL}\n", LaunchdEntry(812, "0")),
-        (LIST_HEADER + f"-\t0\t{LABEL}\n", LaunchdEntry(None, "0")),
-        (LIST_HEADER + f"-\t-15\t{LABEL}\n", LaunchdEntry(None, "-15")),
-        (LIST_HEADER + f"-\t0\tcom.apple.x\n77\t0\t{LABEL}\n", LaunchdEntry(77, "0")),
-        (f"  90   0   {LABEL}  \n", LaunchdEntry(90, "0")),  # spaces instead of tabs
-        (LIST_HEADER + f"1\t0\t{LABEL}.helper\n", None),
-        (LIST_HEADER + f"1\t0\tcom.example.{LABEL}\n", None),
-        (LIST_HEADER + "1\t0\tlive.streamvc\n", None),
-        (LIST_HEADER, None),
-        ("", None),
-        (f"{LABEL}\n", None),
-    ],
-)
-def test_launchctl_list_matches_the_label_column_exactly(
-    text: str, entry: LaunchdEntry | None
-) -> None:
-    assert parse_launchctl_list(text, LABEL) == entry
-
-
-@pytest.mark.parametrize(
-    ("text", "path"),
-    [
-        (f"gui/501/{LABEL} = {{\n\tactive count = 1\n\tpath = /U/x/{LABEL}.plist\n}}", True),
-        (f"gui/501/{LABEL} = {{\n\tstate = running\n}}", False),
-        ("\tpath = /tmp/not-a-plist\n", False),
-    ],
-)
-def test_the_plist_path_comes_from_launchctl_print(text: str, path: bool) -> None:
-    assert plist_path_from_print(text) == (Path(f"/U/x/{LABEL}.plist") if path else None)
-
-
-# --- the command-line matcher --------------------------------------------------------------
-
-VENV = "/opt/venv/bin"
-
-
-@pytest.mark.parametrize(
-    ("argv", "subcommand"),
-    [
-        (["macprovider-supervise", "serve", "--port", "1"], "serve"),
-        (["/usr/local/bin/macprovider-supervise", "serve"], "serve"),
-        (["macprovider-cli", "serve", "--no-join"], "serve"),  # the legacy name
-        ([f"{VENV}/python3.11", f"{VENV}/macprovider-supervise", "serve"], "serve"),
-        (["python", "-u", "-X", "dev", "./macprovider-supervise", "serve"], "serve"),
-        (["python3", "-m", "macprovider.cli", "serve", "--no-join"], "serve"),
-        (["python", "-W", "ignore", "-mmacprovider.cli", "serve"], "serve"),
-        (["/Library/Frameworks/P/MacOS/Python", "-m", "macprovider.cli", "run"], "run"),
-        (["macprovider-supervise", "--version"], None),
-        (["macprovider-supervise"], None),
-        (["macprovider-supervise", "autotune", "--port", "serve"], "autotune"),
-        (["macprovider-supervise", "observe"], "observe"),
-        (["macprovider-supervise", "server"], "server"),
-        (["macprovider-supervise-helper", "serve"], None),
-        (["my-macprovider-supervise", "serve"], None),
-        ([f"{VENV}/python", f"{VENV}/macprovider-supervise-helper", "serve"], None),
-        (["python", "-m", "macprovider.cli.main", "serve"], None),
-        (["python", "-m", "pytest", "-k", "serve"], None),
-        (["python", "-c", "import macprovider; serve()", "serve"], None),
-        (["python", "-", "serve"], None),
-        (["python"], None),
-        (["bash", "-c", "macprovider-supervise serve"], None),
-        (["sh", "/x/macprovider-supervise", "serve"], None),
-        (["vim", "macprovider-supervise", "serve"], None),
-        ([], None),
-    ],
-)
-def test_provider_subcommand_reads_the_program_and_its_first_word(
-    argv: list[str], subcommand: str | None
-) -> None:
-    assert provider_subcommand(argv) == subcommand
-
-
-# --- manual commands and the conflict message ----------------------------------------------
-
-LAUNCHD = Finding("launchd", "launchd-managed", f"launchd job {LABEL} (PID 5)", 5, service=LABEL)
-SYSTEMD = Finding("systemd", "systemd-managed", f"systemd user unit {UNIT} (active)", service=UNIT)
-FOREGROUND = Finding(
-    "foreground",
-    "foreground-PID-42",
-    "macprovider-supervise serve --model 'my model'",
-    42,
-    ("macprovider-supervise", "serve", "--model", "my model"),
-    "/home/op/work dir",
-)
-PORT = Finding("port", "port-18080-in-use", "127.0.0.1:18080 is held by PID 9: nginx", 9)
-PLIST = Path(f"/Users/op/Library/LaunchAgents/{LABEL}.plist")
-
-
-@pytest.mark.parametrize(
-    ("finding", "stop", "restore"),
-    [
-        (
-            LAUNCHD,
-            f"launchctl bootout gui/501/{LABEL}",
-            f"launchctl bootstrap gui/501 {PLIST}",
-        ),
-        (SYSTEMD, f"systemctl --user stop {UNIT}", f"systemctl --user start {UNIT}"),
-        (
-            FOREGROUND,
-            "kill -TERM 42",
-            "cd '/home/op/work dir' && macprovider-supervise serve --model 'my model'",
-        ),
-        (PORT, "lsof -nP -iTCP:18080 -sTCP:LISTEN", None),
-    ],
-)
-def test_manual_commands_name_exactly_what_to_run(
-    finding: Finding, stop: str, restore: str | None
-) -> None:
-    assert manual_stop_command(finding, uid=501, port=18080) == stop
-    assert manual_restore_command(finding, uid=501, plist=PLIST) == restore
-
-
-def test_a_foreground_process_without_a_known_cwd_restarts_from_its_argv() -> None:
-    finding = Finding("foreground", "foreground-PID-1", "", 1, ("macprovider-supervise", "serve"))
-    assert manual_restore_command(finding, uid=1, plist=PLIST) == "macprovider-supervise serve"
-
-
-def test_a_restore_command_shows_the_api_key_flag_but_not_the_key() -> None:
-    argv = ("macprovider-supervise", "serve", "--api-key", SECRET, "--host", "0.0.0.0")
-    finding = Finding("foreground", "foreground-PID-1", "", 1, argv)
-    assert manual_restore_command(finding, uid=1, plist=PLIST) == (
-        "macprovider-supervise serve --api-key '<hidden>' --host 0.0.0.0"
-    )
-    assert SECRET not in repr(finding)
-
-
-def test_conflict_message_names_each_finding_and_both_ways_out() -> None:
-    message = conflict_message([LAUNCHD, FOREGROUND, PORT], 18080, uid=501)
-    assert message.splitlines() == [
-        "a provider is already running; autotune would measure beside it:",
-        f"  launchd-managed: launchd job {LABEL} (PID 5)",
-        "  foreground-PID-42: macprovider-supervise serve --model 'my model'",
-        "  port-18080-in-use: 127.0.0.1:18080 is held by PID 9: nginx",
-        "rerun with --drain: autotune stops it, tunes, then starts it again"
-        " (a foreground process only with --restart-foreground)",
-        "or stop it yourself, then rerun:",
-        f"  launchctl bootout gui/501/{LABEL}",
-        "  kill -TERM 42",
-        "  lsof -nP -iTCP:18080 -sTCP:LISTEN   # --drain cannot stop it: find it,"
-        " or use another --port",
-    ]
-
-
-def test_a_port_alone_offers_no_drain() -> None:
-    message = conflict_message([PORT], 18080, uid=501)
-    assert "--drain:" not in message
-    assert "stop it yourself:" in message
-    assert "port-18080-in-use" in message
-
-
-def test_service_names_put_the_plist_in_the_users_launch_agents(tmp_path: Path) -> None:
-    names = ServiceNames(launchd_label="org.example.mp")
-    assert names.launchd_plist(tmp_path) == tmp_path / "Library/LaunchAgents/org.example.mp.plist"
-    assert ServiceNames().launchd_label == LABEL
-    assert ServiceNames().systemd_unit == UNIT
-
-
-# --- the actor: fixtures -------------------------------------------------------------------
+# --- fixtures -------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -252,79 +75,6 @@ def make_drain(fakes: FakeServices, home: Path) -> Iterator[MakeDrain]:
     yield make
     for proxy in started:
         proxy.actor_ref.stop(timeout=ACTOR_TIMEOUT)
-
-
-# The stand-in knows no API key: it is dropped before the stand-in parses its arguments.
-KEY_DROPPING = """
-import sys
-
-args = sys.argv[1:]
-if "--api-key" in args:
-    del args[args.index("--api-key") : args.index("--api-key") + 2]
-sys.argv[1:] = [arg for arg in args if not arg.startswith("--api-key=")]
-"""
-
-
-class Programs:
-    """Processes named like the provider, started by a test and all ended after it."""
-
-    def __init__(self, root: Path) -> None:
-        self.bin_dir = root / "programs"
-        self.cwd = root / "cwd"
-        self.cwd.mkdir()
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def serve(
-        self, name: str = "macprovider-supervise", mode: str = "ok", *extra: str
-    ) -> tuple[int, int]:
-        """A stand-in `<name> serve --no-join --port P --model m [extra]` listening on P;
-        (pid, P). An `--api-key` among `extra` stays in the process's command line only."""
-        port = free_port()
-        program = write_program(self.bin_dir, name, KEY_DROPPING + STANDIN_BODY)
-        argv = [str(program), "serve", "--no-join", "--port", str(port), "--model", "m", *extra]
-        proc = self._start(argv, clean_env(STANDIN_MODE=mode))
-        wait_until(lambda: self._listening(proc, port), UP_TIMEOUT, f"the stand-in on {port}")
-        return proc.pid, port
-
-    def parent(self, subcommand: str, child: list[str] | None = None) -> tuple[int, int]:
-        """`macprovider-supervise <subcommand>` with one child process; (pid, child pid)."""
-        program = write_program(self.bin_dir / "parent", "macprovider-supervise", PARENT_BODY)
-        env = clean_env(PARENT_CHILD_ARGV=json.dumps(child), STANDIN_MODE="ok")
-        proc = self._start([str(program), subcommand], env, stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        return proc.pid, int(proc.stdout.readline())
-
-    def end_all(self) -> None:
-        # Ours to end, SIGKILL included (the DrainActor never does that); restarted
-        # processes are children of this test process too.
-        for child in psutil.Process().children(recursive=True):
-            try:
-                if str(self.bin_dir) in " ".join(child.cmdline()):
-                    child.kill()
-                    child.wait(timeout=UP_TIMEOUT)
-            except psutil.Error:
-                pass
-        for proc in self.started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=UP_TIMEOUT)
-            if proc.stdout is not None:
-                proc.stdout.close()
-
-    def _start(
-        self, argv: list[str], env: dict[str, str], stdout: int = subprocess.DEVNULL
-    ) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            argv, cwd=self.cwd, env=env, stdout=stdout, stderr=subprocess.DEVNULL
-        )
-        self.started.append(proc)
-        return proc
-
-    @staticmethod
-    def _listening(proc: subprocess.Popen[bytes], port: int) -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"the stand-in exited {proc.returncode}")
-        return not port_is_free(port)
 
 
 @pytest.fixture
@@ -422,6 +172,8 @@ def test_a_listed_job_that_print_cannot_find_is_not_a_finding(
     [
         ("active", 4242, f"systemd user unit {UNIT} (active, main PID 4242)"),
         ("activating", 0, f"systemd user unit {UNIT} (activating)"),
+        ("reloading", 4242, f"systemd user unit {UNIT} (reloading, main PID 4242)"),
+        ("deactivating", 4242, None),
         ("inactive", 0, None),
         ("failed", 0, None),
     ],

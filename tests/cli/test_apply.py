@@ -14,19 +14,18 @@ from typing import Any
 import pytest
 import yaml
 
-from macprovider.cli import apply
+from macprovider.actors import service_manager
 from macprovider.cli.apply import (
     MAX_BACKUP_COUNTER,
     Applied,
-    ApplyError,
-    OwnedValue,
     applied_line,
     apply_to_config,
     config_path,
     owned_values,
     restart_hint,
-    rewrite_owned_keys,
 )
+from macprovider.cli.errors import ApplyError
+from macprovider.cli.owned_keys import OwnedValue, rewrite_owned_keys
 from macprovider.server.config import resolve_serve_config
 
 MODEL = "mlx-community/Qwen2.5-7B-Instruct-4bit"
@@ -518,7 +517,7 @@ def test_restart_hint_names_the_service_command(platform: str, command: str | No
 
 
 def test_restart_hint_constants() -> None:
-    assert (apply.LAUNCHD_LABEL, apply.SYSTEMD_UNIT) == (
+    assert (service_manager.LAUNCHD_LABEL, service_manager.SYSTEMD_UNIT) == (
         "live.streamvc.macprovider",
         "macprovider.service",
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from macprovider.cli import service as service_module
+from macprovider.actors import service_calls
 from macprovider.cli.service import (
     TEMPLATES_DIR,
     ServiceError,
@@ -346,7 +346,7 @@ def test_status_without_the_tool_or_with_no_user_manager_says_unknown(home: Home
 
 
 def test_status_gives_up_on_a_hung_tool(home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service_module, "QUERY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(service_calls, "COMMAND_TIMEOUT_S", 0.3)
     sleep = shutil.which("sleep")
     assert sleep is not None
     home.fake("systemctl", body=f"exec {sleep} 30")  # exec: the timeout's kill reaches the sleep
@@ -379,6 +379,24 @@ def test_uninstall_refuses_while_the_service_runs_unless_forced(
     forced = ok(home.invoke("uninstall", "--platform", platform, "--force"))
     assert not home.path(platform).exists()
     assert stop in forced.stderr
+
+
+@pytest.mark.parametrize(
+    ("state", "refused"),
+    [("active", True), ("reloading", True), ("activating", True), ("deactivating", False)],
+)
+def test_uninstall_guards_the_states_a_drain_counts_as_live(
+    home: Home, state: str, refused: bool
+) -> None:
+    ok(home.invoke("install", "--platform", "linux"))
+    home.fake("systemctl", stdout=f"{state}\n", code=0 if state == "active" else 3)
+    result = home.invoke("uninstall", "--platform", "linux")
+    if refused:
+        assert f"is {state}; stop it first" in str(result.exception)
+        assert home.unit().exists()
+    else:
+        ok(result)
+        assert not home.unit().exists()
 
 
 def test_uninstall_refuses_an_enabled_unit_even_when_inactive(home: Home) -> None:
