@@ -1,33 +1,42 @@
 """What `autotune` prints: the plan of `--dry-run`, the RECOMMENDATION block or the
-all-infeasible report (stdout, so `tee` keeps it), and one line per trial (stderr)."""
+all-infeasible report (stdout, so `tee` keeps it), and one line per trial (stderr).
+
+The tuned knobs are named and their values written as the knob table says (`TUNED_KNOBS`):
+`--max-batch` beside a recommended value, the flag the operator would type, and `max-batch 2`
+in running text.
+"""
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
 
-from macprovider.actors.autotune_inputs import UNSET_TOKEN, TuneSettings
+from macprovider.actors.autotune_inputs import TuneSettings
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.messages import Knobs
 from macprovider.actors.recommendation import Recommendation
 from macprovider.actors.tuner import Timings, TrialEvent
-from macprovider.actors.tuning import stage2_cells
+from macprovider.actors.tuning import Cell, stage2_cells
 from macprovider.cli.run_report import RunReport
+from macprovider.server.knobs import TUNED_KNOBS
 
 PROG = "macprovider-supervise"
 
 
-def kv_bits_text(kv_bits: int | None) -> str:
-    return UNSET_TOKEN if kv_bits is None else str(kv_bits)
-
-
-def knobs_text(knobs: Knobs) -> str:
-    parts = [f"kv-bits {kv_bits_text(knobs.kv_bits)}"]
-    if knobs.max_batch is not None:
-        parts.append(f"max-batch {knobs.max_batch}")
-    if knobs.max_context is not None:
-        parts.append(f"max-context {knobs.max_context}")
+def knobs_text(knobs: Knobs | Cell) -> str:
+    """The tuned knobs in running text, e.g. `kv-bits unset, max-batch 2`. A knob left to
+    the provider's default (None) is left out, unless None is one of its values (kv-bits)."""
+    parts = []
+    for spec in TUNED_KNOBS:
+        value = getattr(knobs, spec.name)
+        if value is not None or spec.none_is_value:
+            parts.append(f"{spec.display} {spec.text(value)}")
     return ", ".join(parts)
+
+
+def _flag_values(rec: Recommendation) -> list[tuple[str, str]]:
+    """The recommended knobs beside their flags, as the serve command sets them."""
+    return [(spec.flag, spec.text(getattr(rec.cell, spec.name))) for spec in TUNED_KNOBS]
 
 
 def params_text(billions: float) -> str:
@@ -54,8 +63,7 @@ def render_plan(settings: TuneSettings, sizes_b: Mapping[str, float]) -> str:
         f"{settings.stage2_replicates} replicate(s) each (max-batch b fires b streams):"
     )
     for index, cell in enumerate(cells, start=1):
-        knobs = Knobs(cell.kv_bits, cell.max_context, cell.max_batch)
-        lines.append(f"  {index}. {knobs_text(knobs)}")
+        lines.append(f"  {index}. {knobs_text(cell)}")
     lines.append(
         f"budget: {settings.max_duration_s:g} s; port {settings.port}; "
         f"{settings.probe_max_tokens} tokens per request"
@@ -93,9 +101,7 @@ def _recommendation_block(rec: Recommendation, report: RunReport) -> str:
         title,
         f"  model:           {rec.model}",
         f"  target context:  {rec.target_context} tokens",
-        f"  --kv-bits:       {kv_bits_text(rec.cell.kv_bits)}",
-        f"  --max-batch:     {rec.cell.max_batch}",
-        f"  --max-context:   {rec.cell.max_context}",
+        *(f"  {flag + ':':<17}{value}" for flag, value in _flag_values(rec)),
         f"  throughput:      {rec.tps_median:.1f} tok/s (median of {rec.replicates} replicates)",
         f"  TTFT p95:        {rec.ttft_p95_ms:.0f} ms",
         f"  alternates:      {', '.join(report.alternates) or '(none smaller)'}",
@@ -134,12 +140,7 @@ def render_timings(timings: Timings, wall_s: float) -> str:
 def _knob_values(rec: Recommendation | None) -> dict[str, str]:
     if rec is None:
         return {"recommendation": "none"}
-    return {
-        "model": rec.model,
-        "--kv-bits": kv_bits_text(rec.cell.kv_bits),
-        "--max-batch": str(rec.cell.max_batch),
-        "--max-context": str(rec.cell.max_context),
-    }
+    return {"model": rec.model, **dict(_flag_values(rec))}
 
 
 def render_comparison(report: RunReport, previous: RunReport | None) -> str:

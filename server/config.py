@@ -23,7 +23,7 @@ from typing import TypeVar
 import yaml
 
 from macprovider.server.errors import ConfigError
-from macprovider.server.knob_values import GB, UNSET_TOKEN, KnobValueError, kind_of, text_from_yaml
+from macprovider.server.knob_values import GB, KnobValueError, kind_of, text_from_yaml
 from macprovider.server.knobs import (
     API_KEY,
     CONFIG_OPTION,
@@ -38,7 +38,6 @@ from macprovider.server.knobs import (
     PORT,
     SECRET_YAML_ONLY_KEYS,
     SERVE_OPTIONS,
-    TUNED_KNOBS,
     CliOption,
     KnobSpec,
     default_max_context,
@@ -46,23 +45,19 @@ from macprovider.server.knobs import (
 )
 from macprovider.server.places import config_dir
 
+# Besides the resolver's own names, the knob table's and the folder's that its callers use
+# beside it: a caller resolving knobs imports one module.
 __all__ = [
     "API_KEY",
     "CONFIG_OPTION",
     "GB",
-    "HOST",
     "KNOBS",
     "KV_BITS",
     "MAX_BATCH",
     "MAX_CONTEXT",
-    "MAX_QUEUE",
     "MEMORY_LIMIT_GB",
     "MODEL",
-    "PORT",
-    "SECRET_YAML_ONLY_KEYS",
     "SERVE_OPTIONS",
-    "TUNED_KNOBS",
-    "UNSET_TOKEN",
     "CliOption",
     "KnobSpec",
     "ServeConfig",

@@ -17,7 +17,7 @@ from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.recommendation import Recommendation
 from macprovider.actors.store import KvBits, RunStart, StoredRun, StoredTrial, TrialRecord
 from macprovider.actors.tuning import Cell
-from macprovider.cli import report_html
+from macprovider.cli import report_chart
 from macprovider.cli.errors import ReportHtmlError
 from macprovider.cli.report_html import render_html, write_html
 from macprovider.cli.run_report import RunReport, build_report
@@ -312,7 +312,7 @@ def test_crowded_labels_never_overlap_and_stay_inside() -> None:
     spec = RunSpec(ExitReason.OK, [*stage1_choosing_mid(), *cells], kept=11)
     svg = svg_of(render_html(spec.report()))
     boxes = [
-        report_html._label_box(
+        report_chart._label_box(
             float(e.get("x") or 0), float(e.get("y") or 0), e.get("text-anchor") or "", e.text or ""
         )
         for e in svg.iter(f"{SVG_NS}text")
@@ -320,8 +320,8 @@ def test_crowded_labels_never_overlap_and_stay_inside() -> None:
     ]
     assert 6 <= len(boxes) <= 10
     for i, a in enumerate(boxes):
-        assert a[0] >= report_html.LEFT and a[2] <= report_html.WIDTH - report_html.RIGHT
-        assert all(not report_html._overlaps(a, b) for b in boxes[i + 1 :])
+        assert a[0] >= report_chart.LEFT and a[2] <= report_chart.WIDTH - report_chart.RIGHT
+        assert all(not report_chart._overlaps(a, b) for b in boxes[i + 1 :])
     leaders = [e for e in svg.iter(f"{SVG_NS}line") if e.get("class") == "leader"]
     assert leaders
 
@@ -416,8 +416,8 @@ def test_one_cell_is_drawn_in_the_middle() -> None:
     corners = [tuple(map(float, xy.split(","))) for xy in (star.get("points") or "").split()]
     cx = sum(x for x, _ in corners) / len(corners)
     cy = sum(y for _, y in corners) / len(corners)
-    left, right = report_html.LEFT, report_html.WIDTH - report_html.RIGHT
-    top, bottom = report_html.TOP, report_html.HEIGHT - report_html.BOTTOM
+    left, right = report_chart.LEFT, report_chart.WIDTH - report_chart.RIGHT
+    top, bottom = report_chart.TOP, report_chart.HEIGHT - report_chart.BOTTOM
     assert cx == pytest.approx((left + right) / 2, abs=0.5)
     assert cy == pytest.approx((top + bottom) / 2, abs=0.5)
     # Ticks still appear around the single value.
@@ -462,12 +462,12 @@ def test_equal_figures_do_not_divide_by_zero() -> None:
 def test_ticks_are_nice_numbers_within_the_range(
     lo: float, hi: float, expected: list[float]
 ) -> None:
-    assert report_html.ticks(lo, hi) == pytest.approx(expected)
+    assert report_chart.ticks(lo, hi) == pytest.approx(expected)
 
 
 def test_tick_text_shows_the_decimals_the_step_needs() -> None:
-    assert report_html.tick_text(2000.0, 200.0) == "2,000"
-    assert report_html.tick_text(0.30000000000000004, 0.1) == "0.3"
+    assert report_chart.tick_text(2000.0, 200.0) == "2,000"
+    assert report_chart.tick_text(0.30000000000000004, 0.1) == "0.3"
 
 
 # --- writing ---------------------------------------------------------------------------------
