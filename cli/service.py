@@ -49,6 +49,7 @@ from macprovider.actors.service_calls import run_tool
 from macprovider.actors.service_manager import PLATFORMS, SHELL_UID, Platform, ServiceState
 from macprovider.cli.atomic_file import replace_file
 from macprovider.cli.errors import ServiceError
+from macprovider.server.places import config_home
 
 __all__ = [
     "PLATFORMS",
@@ -112,8 +113,7 @@ def service_file(
         log_dir = home / "Library" / "Logs" / "macprovider"
         path = home / "Library" / "LaunchAgents" / f"{label}.plist"
         return ServiceFile(platform, label, path, _plist(label, argv, log_dir), (log_dir,))
-    config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
-    path = config_home / "systemd" / "user" / unit
+    path = config_home(env) / "systemd" / "user" / unit
     return ServiceFile(platform, unit, path, _unit(argv), ())
 
 

@@ -1,0 +1,75 @@
+"""The XDG folder rule: an absolute XDG variable wins; unset, empty or relative falls back to
+HOME (and HOME unset or empty to the account's home)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+from macprovider.server.places import config_dir, config_home, home_dir, state_dir
+
+HOME = "/home/op"
+
+# (env, config_home, config_dir with its source, state_dir)
+CASES: list[tuple[dict[str, str], str, tuple[str, str], str]] = [
+    (
+        {"HOME": HOME, "XDG_CONFIG_HOME": "/x/cfg", "XDG_STATE_HOME": "/x/state"},
+        "/x/cfg",
+        ("/x/cfg/macprovider", "env XDG_CONFIG_HOME"),
+        "/x/state/macprovider",
+    ),
+    (
+        {"HOME": HOME},
+        f"{HOME}/.config",
+        (f"{HOME}/.config/macprovider", "default"),
+        f"{HOME}/.local/state/macprovider",
+    ),
+    (
+        {"HOME": HOME, "XDG_CONFIG_HOME": "", "XDG_STATE_HOME": ""},
+        f"{HOME}/.config",
+        (f"{HOME}/.config/macprovider", "default"),
+        f"{HOME}/.local/state/macprovider",
+    ),
+    (
+        {"HOME": HOME, "XDG_CONFIG_HOME": "rel/cfg", "XDG_STATE_HOME": "./state"},
+        f"{HOME}/.config",
+        (f"{HOME}/.config/macprovider", "default"),
+        f"{HOME}/.local/state/macprovider",
+    ),
+    (
+        {"HOME": HOME, "XDG_CONFIG_HOME": "/x/cfg"},
+        "/x/cfg",
+        ("/x/cfg/macprovider", "env XDG_CONFIG_HOME"),
+        f"{HOME}/.local/state/macprovider",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("env", "home", "config", "state"),
+    CASES,
+    ids=["xdg-absolute", "xdg-unset", "xdg-empty", "xdg-relative", "only-config-set"],
+)
+def test_xdg_folders(
+    env: Mapping[str, str], home: str, config: tuple[str, str], state: str
+) -> None:
+    assert config_home(env) == Path(home)
+    assert config_dir(env) == (Path(config[0]), config[1])
+    assert state_dir(env) == Path(state)
+
+
+@pytest.mark.parametrize("env", [{}, {"HOME": ""}], ids=["home-unset", "home-empty"])
+def test_without_home_the_accounts_home_is_used(env: Mapping[str, str]) -> None:
+    assert home_dir(env) == Path.home()
+    assert config_dir(env) == (Path.home() / ".config" / "macprovider", "default")
+    assert state_dir(env) == Path.home() / ".local" / "state" / "macprovider"
+
+
+@pytest.mark.parametrize("folder", [config_home, state_dir], ids=["config", "state"])
+def test_a_relative_xdg_value_never_reads_against_the_current_directory(
+    folder: Callable[[Mapping[str, str]], Path],
+) -> None:
+    env = {"HOME": HOME, "XDG_CONFIG_HOME": "cfg", "XDG_STATE_HOME": "state"}
+    assert folder(env).is_absolute()
