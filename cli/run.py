@@ -27,11 +27,11 @@ from macprovider.actors.runtime import supervise
 from macprovider.actors.supervisor import ChildSpec, SupervisorProxy
 from macprovider.server.config import CONFIG_OPTION, KNOBS, resolve_serve_config
 from macprovider.server.models import resolve_model_path
+from macprovider.server.places import state_dir
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "macprovider"
+    return state_dir(env)
 
 
 def load_target(knobs: Mapping[str, str | None]) -> Target:
