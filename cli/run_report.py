@@ -13,7 +13,8 @@ from pathlib import Path
 
 from macprovider.actors.autotune_inputs import default_sizes_b
 from macprovider.actors.exit_reasons import ExitReason
-from macprovider.actors.prewarm import INTEGRITY_PREFIX, local_parameters
+from macprovider.actors.prewarm_errors import INTEGRITY_PREFIX
+from macprovider.actors.prewarm_resolve import local_parameters
 from macprovider.actors.recommendation import (
     Infeasible,
     Recommendation,

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 
 from macprovider.server.batch_cache import GROUP_SIZE
 from macprovider.server.config import GB, MEMORY_LIMIT_GB, ServeConfig
 from macprovider.server.errors import MemoryBudgetExceeded, ModelLoadError
-from macprovider.server.safetensors_dtypes import DTYPE_BITS
+from macprovider.server.models import WEIGHT_GLOB, weight_files
+from macprovider.server.safetensors_headers import tensor_headers
 
 __all__ = [
     "MemoryNeed",
@@ -42,8 +43,6 @@ __all__ = [
 
 log = logging.getLogger("macprovider.serve")
 
-# The files mlx-lm's loader reads (`mlx_lm.utils.load_model`).
-WEIGHT_GLOB = "model*.safetensors"
 # The float dtypes a model computes in, hence its KV cache's element size: by config.json name
 # (`torch_dtype`, renamed `dtype` by transformers 4.56) and by safetensors name.
 _CONFIG_DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -182,20 +181,15 @@ def out_of_memory_message(model: str, need: MemoryNeed, config: ServeConfig) -> 
 def read_weights(model_path: Path) -> Weights:
     """Tensor sizes from the safetensors headers (read and checked by the reference
     implementation; no tensor data is read). Raises ValueError or SafetensorError."""
-    files = sorted(model_path.glob(WEIGHT_GLOB))
+    files = weight_files(model_path)
     if not files:
         raise ValueError(f"no {WEIGHT_GLOB} file in {model_path}")
     total = 0
     float_bytes: Counter[str] = Counter()
-    for file in files:
-        with safe_open(str(file), framework="numpy") as tensors:
-            for name in tensors.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
-                tensor = tensors.get_slice(name)
-                dtype = tensor.get_dtype()
-                nbytes = math.ceil(math.prod(tensor.get_shape()) * DTYPE_BITS[dtype] / 8)
-                total += nbytes
-                if dtype in _WEIGHT_DTYPE_BYTES:
-                    float_bytes[dtype] += nbytes
+    for tensor in tensor_headers(files):
+        total += tensor.nbytes
+        if tensor.dtype in _WEIGHT_DTYPE_BYTES:
+            float_bytes[tensor.dtype] += tensor.nbytes
     dominant = float_bytes.most_common(1)
     return Weights(total, _WEIGHT_DTYPE_BYTES[dominant[0][0]] if dominant else None)
 

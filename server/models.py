@@ -1,35 +1,78 @@
-"""Where a model id's weights are on this machine. `serve` never downloads (pre-warm does)."""
+"""Where a model's weights are on this machine, for `serve` and for autotune's pre-warm alike.
+
+A model argument is a local folder (taken as it is) or a Hugging Face repo id, looked up in the
+local HF cache only: nothing here downloads (pre-warm fetches, through huggingface_hub, when
+the lookup says the cache lacks the model). huggingface_hub is imported on first lookup of a
+repo id, so `serve` of a local folder never loads it.
+
+The weight-file names are mlx-lm's: its loader (`mlx_lm.utils.load_model`) reads every
+`model*.safetensors` of the folder (`model.safetensors`, or shards named
+`model-00001-of-00002.safetensors`) and nothing else, and a sharded checkpoint lists its
+shards in `model.safetensors.index.json`. The memory budget, pre-warm's integrity check and
+the size report all count these files, so they count what is loaded.
+"""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from macprovider.server.errors import ModelNotFoundError
 
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+WEIGHT_GLOB = "model*.safetensors"
+SHARD_INDEX = "model.safetensors.index.json"
 
 
-def resolve_model_path(model: str) -> Path:
-    """A local checkpoint folder, or the snapshot of an HF repo id already in the HF cache."""
+class ModelNotLocal(Exception):
+    """`model` has no folder on this machine; the text is huggingface_hub's reason."""
+
+
+class NotAModelId(ModelNotLocal):
+    """Neither an existing folder nor a well-formed Hugging Face repo id."""
+
+
+class NotInHfCache(ModelNotLocal):
+    """A repo id with no complete snapshot in the local HF cache (a fetch would bring it)."""
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder, sorted by name (shard order)."""
+    return sorted(folder.glob(WEIGHT_GLOB))
+
+
+def locate_model(model: str, cache_dir: Path | None = None) -> Path:
+    """The folder of `model`: a local directory is itself; a repo id is its snapshot folder in
+    the HF cache (`cache_dir`, by default huggingface_hub's, i.e. HF_HUB_CACHE).
+
+    Never touches the network. Raises NotAModelId or NotInHfCache.
+    """
     path = Path(model).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"model folder {path} has no config.json")
-        return path.resolve()
-    if not _REPO_ID.fullmatch(model):
-        raise ModelNotFoundError(f"model {model!r}: no such folder, and not a Hugging Face repo id")
-    return _cached_snapshot(model)
-
-
-def _cached_snapshot(repo_id: str) -> Path:
+        return path
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, HFValidationError):
+        return Path(snapshot_download(model, cache_dir=cache_dir, local_files_only=True))
+    except HFValidationError as e:
+        raise NotAModelId(str(e)) from e
+    except LocalEntryNotFoundError as e:  # IncompleteSnapshotError included
+        raise NotInHfCache(str(e)) from e
+
+
+def resolve_model_path(model: str) -> Path:
+    """`serve`'s model folder: `locate_model`'s, which must hold a config.json. Raises
+    ModelNotFoundError (exit 66) saying what to do."""
+    try:
+        folder = locate_model(model)
+    except NotAModelId:
         raise ModelNotFoundError(
-            f"model {repo_id!r} is not a local folder and is not in the Hugging Face cache; "
-            f"fetch it first with `macprovider-supervise models pull {repo_id}`"
+            f"model {model!r}: no such folder, and not a Hugging Face repo id"
         ) from None
+    except NotInHfCache:
+        raise ModelNotFoundError(
+            f"model {model!r} is not a local folder and is not in the Hugging Face cache; "
+            f"fetch it first with `hf download {model}` (or let autotune pre-warm it)"
+        ) from None
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"model folder {folder} has no config.json")
+    return folder.resolve()

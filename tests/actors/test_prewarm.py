@@ -25,19 +25,21 @@ from huggingface_hub.errors import (
 )
 from safetensors import safe_open
 
-from macprovider.actors.prewarm import (
+from macprovider.actors.prewarm import prewarm, start_prewarm_actor
+from macprovider.actors.prewarm_classify import (
     INTEGRITY_MARKERS,
     TRANSIENT_MARKERS,
+    classify_failure,
+)
+from macprovider.actors.prewarm_errors import (
     ModelNotCached,
     PrewarmError,
     PrewarmIntegrityError,
     PrewarmTransientError,
-    check_integrity,
-    classify_failure,
-    prewarm,
-    resolve_local,
-    start_prewarm_actor,
 )
+from macprovider.actors.prewarm_integrity import check_integrity
+from macprovider.actors.prewarm_resolve import local_parameters, resolve_local
+from macprovider.server.models import WEIGHT_GLOB
 from tests.conftest import free_port, model_variant
 
 WEIGHTS = "model.safetensors"
@@ -130,7 +132,7 @@ def test_a_missing_file_is_an_integrity_failure(
     (variant / missing).unlink()
     with pytest.raises(PrewarmIntegrityError) as failure:
         check_integrity(variant, model="tiny")
-    expected = "*.safetensors" if missing == WEIGHTS else missing
+    expected = WEIGHT_GLOB if missing == WEIGHTS else missing
     assert failure.value.file == expected
     assert str(failure.value).startswith(f"pre-warm integrity failure: tiny: {expected}: ")
 
@@ -139,9 +141,21 @@ def test_a_dangling_weights_symlink_is_an_integrity_failure(
     tiny_model: Path, tmp_path: Path
 ) -> None:
     variant = model_variant(tiny_model, tmp_path / "variant", {})
-    (variant / "gone.safetensors").symlink_to(tmp_path / "nowhere")
-    with pytest.raises(PrewarmIntegrityError, match=r"gone\.safetensors: missing"):
+    (variant / "model-gone.safetensors").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(PrewarmIntegrityError, match=r"model-gone\.safetensors: missing"):
         check_integrity(variant, model="tiny")
+
+
+def test_safetensors_files_mlx_lm_does_not_load_are_not_weights(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Only model*.safetensors count: a copy the loader skips is not counted twice, and a
+    damaged file it never reads does not stop the run."""
+    weights = weights_of(tiny_model)
+    extra = {"consolidated.safetensors": weights, "adapters.safetensors": weights[:-100]}
+    report = check_integrity(model_variant(tiny_model, tmp_path / "variant", extra), model="t")
+    assert (report.weight_files, report.parameters) == ((WEIGHTS,), 656_000)
+    assert report.weight_bytes == len(weights)
 
 
 @pytest.mark.parametrize(
@@ -379,6 +393,18 @@ def test_neither_a_directory_nor_a_repo_id_is_a_plain_prewarm_error(model_id: st
     assert model_id in str(failure.value)
 
 
+def test_local_parameters_reads_headers_of_local_models_only(
+    tiny_model: Path, tmp_path: Path, offline: Path
+) -> None:
+    assert local_parameters(str(tiny_model)) == 656_000
+    hf_cache_repo(offline, "fixture-org/tiny", tiny_model)
+    assert local_parameters("fixture-org/tiny", cache_dir=offline) == 656_000
+    assert local_parameters("fixture-org/absent", cache_dir=offline) is None
+    assert local_parameters("a/b/c") is None
+    garbage = {WEIGHTS: CORRUPTIONS["garbage header"][0](weights_of(tiny_model))}
+    assert local_parameters(str(model_variant(tiny_model, tmp_path / "bad", garbage))) is None
+
+
 # --- classification --------------------------------------------------------------------------
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
@@ -438,8 +464,8 @@ TRANSIENT_TEXTS = [
     "The cached snapshot for 'org/m' (revision 'main', commit abc) is incomplete: 1 file(s) are"
     " missing (model.safetensors). The Hub could not be reached (OSError: boom). Re-run the"
     " download with network access to complete the snapshot.",
-    # The seed's review: vague markers ("incomplete metadata", "invalid or corrupted") must not
-    # turn these network hiccups into integrity aborts.
+    # Vague markers ("incomplete metadata", "invalid or corrupted") would turn these network
+    # hiccups into integrity aborts: none is a marker, so they stay transient.
     "Got: ReadTimeout: incomplete metadata returned for org/m",
     "ConnectionResetError: cache entry invalid or corrupted, rebuilding",
 ]

@@ -1,0 +1,49 @@
+"""Pre-warm's first step: find a model's folder on this machine, and fetch it from the Hub only
+when the local Hugging Face cache lacks it (the only network access of pre-warm)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+from safetensors import SafetensorError
+
+from macprovider.actors.prewarm_errors import ModelNotCached, PrewarmError
+from macprovider.server.models import NotAModelId, NotInHfCache, locate_model, weight_files
+from macprovider.server.safetensors_headers import tensor_headers
+
+Fetch = Callable[[str, Path | None], object]
+
+
+def resolve_local(model_id: str, cache_dir: Path | None = None) -> Path:
+    """`locate_model`'s folder of `model_id` (a local directory, or its snapshot in the HF cache
+    `cache_dir`), in pre-warm's errors.
+
+    Never touches the network. Raises ModelNotCached when the repo has no complete snapshot in
+    the cache (the caller fetches it then), PrewarmError when `model_id` is neither.
+    """
+    try:
+        return locate_model(model_id, cache_dir)
+    except NotAModelId as e:
+        raise PrewarmError(
+            f"{model_id} is neither a local directory nor a Hugging Face repo id ({e})", model_id
+        ) from e
+    except NotInHfCache as e:
+        raise ModelNotCached(model_id, str(e)) from e
+
+
+def fetch_from_hub(model_id: str, cache_dir: Path | None) -> object:
+    """Downloads `model_id` into the HF cache."""
+    return snapshot_download(model_id, cache_dir=cache_dir)
+
+
+def local_parameters(model_id: str, cache_dir: Path | None = None) -> int | None:
+    """The parameter count of a model already on this machine, from its weight files' headers;
+    None when it is not local (nothing is fetched) or unreadable."""
+    try:
+        folder = resolve_local(model_id, cache_dir)
+        # Headers only: hashing gigabytes of weights just to rank them is not worth it.
+        return sum(t.elements for t in tensor_headers(weight_files(folder))) or None
+    except (PrewarmError, OSError, SafetensorError):
+        return None
