@@ -25,13 +25,13 @@ from macprovider.actors.messages import Knobs, RunOutcome
 from macprovider.actors.provider import ProcessGroups, ProviderProxy, start_provider_actor
 from macprovider.actors.runtime import supervise
 from macprovider.actors.supervisor import ChildSpec, SupervisorProxy
+from macprovider.server import places
 from macprovider.server.config import CONFIG_OPTION, KNOBS, resolve_serve_config
 from macprovider.server.models import resolve_model_path
-from macprovider.server.places import state_dir
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
-    return state_dir(env)
+    return places.state_dir(env)
 
 
 def load_target(knobs: Mapping[str, str | None]) -> Target:
