@@ -15,7 +15,7 @@ class Knobs:
     """`serve`'s options besides the model, the port and the API key: the three serving
     knobs autotune measures, the provider's memory cap, its queue and the host it binds.
     None leaves the provider's own default (the flag is omitted). Each field is named after
-    its knob in `server.config.KNOBS`, which turns it into a flag."""
+    its knob in the knob table (`server.knobs.KNOBS`), which turns it into a flag."""
 
     kv_bits: int | None = None
     max_context: int | None = None
