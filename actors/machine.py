@@ -1,4 +1,5 @@
-"""This machine as a run records it (DESIGN §5 `machine`): RAM, chip, OS, our version."""
+"""This machine as a run records it (the `machine` object of `autotune --json`, and the
+machine inputs of the recipe hash): RAM, chip, OS, our version."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ from pathlib import Path
 
 import psutil
 
-SPEC_VERSION = "0.3"  # SPEC-013 v0.3, the autotune contract DESIGN §5 restates
-GB = 1024**3
+from macprovider.server.knob_values import GB
+
+# The version of the autotune contract (cli/autotune.schema.json says what it covers). 0.4:
+# ram_gb is in GB of 10^9 bytes, no longer GiB, so recipe hashes of 0.3 runs do not match.
+SPEC_VERSION = "0.4"
 
 
 @dataclass(frozen=True)
 class Machine:
+    # Total RAM in GB of 10^9 bytes, the unit of --memory-limit-gb, rounded to 0.01 GB: a
+    # 24 GiB Mac has 25.77 GB. Rounded because the value is hashed into the recipe.
     ram_gb: float
     chip: str
     os_version: str
@@ -24,7 +30,7 @@ class Machine:
 
 def describe_machine() -> Machine:
     return Machine(
-        ram_gb=round(psutil.virtual_memory().total / GB, 1),
+        ram_gb=round(psutil.virtual_memory().total / GB, 2),
         chip=_chip(),
         os_version=platform.platform(),
         binary_version=_binary_version(),

@@ -151,9 +151,9 @@ def recipe_hash(
     ram_gb: float,
 ) -> str:
     """`sha256:` + hex of the RFC 8785 (JCS) canonical JSON of exactly the seven recipe fields:
-    what was recommended, for which inputs, on which machine and version.
-    Observations (tok/s, TTFT), ids and timestamps are left out, so a re-run that lands on the
-    same recipe has the same hash."""
+    what was recommended, for which inputs, on which machine and version (`ram_gb` in GB of
+    10^9 bytes, as `describe_machine` rounds it). Observations (tok/s, TTFT), ids and
+    timestamps are left out, so a re-run that lands on the same recipe has the same hash."""
     recipe: dict[str, Any] = {
         "binary_version": binary_version,
         "candidate_models": list(candidate_models),

@@ -1,14 +1,17 @@
-"""The recipe hash (DESIGN §5): `sha256:` + hex of the RFC 8785 (JCS) canonical JSON of exactly
-`{binary_version, candidate_models, chip, knobs, model, ram_gb, target_context}`.
+"""The recipe hash: `sha256:` + hex of the RFC 8785 (JCS) canonical JSON of exactly
+`{binary_version, candidate_models, chip, knobs, model, ram_gb, target_context}`, with `ram_gb`
+in GB of 10^9 bytes as `describe_machine` reports it.
 
 How the reference vectors were made, without the code under test or the `rfc8785` library:
 the canonical bytes of each recipe were written out by hand following RFC 8785: keys sorted by
 UTF-16 code units (all keys here are ASCII, so plain byte order; `max_concurrency_override`
 sorts before `max_context_override`), no whitespace, arrays in their given order, numbers in
-ECMAScript shortest form (`24.0` is `24`, `17.2` stays `17.2`), strings as UTF-8 with only `"`,
+ECMAScript shortest form (`16.0` is `16`, `17.18` stays `17.18`), strings as UTF-8 with only `"`,
 `\\` and control characters escaped (`\\t` short form, U+001F as lowercase `\\u001f`;
 non-ASCII and `/` written as is). The digests come from `printf '%s' '<bytes>' | sha256sum`
-and are re-checked below with hashlib, so a mistyped vector fails on its own.
+and are re-checked below with hashlib, so a mistyped vector fails on its own. They were
+recomputed when RAM went from GiB (rounded to 0.1) to GB (rounded to 0.01): a 24 GiB
+machine was `"ram_gb":24` and is now `"ram_gb":25.77`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+import psutil
 import pytest
 
+from macprovider.actors import machine
 from macprovider.actors.recommendation import Recommendation, recipe_hash
 from macprovider.actors.tuning import Cell
 
@@ -59,11 +64,11 @@ LLAMA_JA = "örg/Llama-🦙-日本語-3B"  # 2-, 3- and 4-byte UTF-8, kept raw b
 
 VECTORS = (
     Vector(
-        name="kv_bits null, ram_gb 24.0 written as 24",
+        name="kv_bits null, a 24 GiB machine's ram_gb 25.77",
         binary_version="0.1.0",
         candidate_models=("mlx-community/Qwen2.5-14B-Instruct-4bit", QWEN_7B),
         chip="Apple M2 Pro",
-        ram_gb=24.0,
+        ram_gb=25.77,
         model=QWEN_7B,
         target_context=2000,
         cell=Cell(kv_bits=None, max_batch=2, max_context=2064),
@@ -72,16 +77,16 @@ VECTORS = (
             '["mlx-community/Qwen2.5-14B-Instruct-4bit","mlx-community/Qwen2.5-7B-Instruct-4bit"],'
             '"chip":"Apple M2 Pro","knobs":{"kv_bits":null,"max_concurrency_override":2,'
             '"max_context_override":2064},"model":"mlx-community/Qwen2.5-7B-Instruct-4bit",'
-            '"ram_gb":24,"target_context":2000}'
+            '"ram_gb":25.77,"target_context":2000}'
         ),
-        digest="7ebf01f2ac2930ce56c5238071590b89689682397dc3c26f6779e356dd77e602",
+        digest="26935f1759c56a3a19749914fcd5684fd2761ae5ca27747dab33e6a2084b21bf",
     ),
     Vector(
-        name="non-ASCII model name, kv_bits 4, ram_gb 17.2",
+        name="non-ASCII model name, kv_bits 4, a 16 GiB machine's ram_gb 17.18",
         binary_version="0.2.0rc1",
         candidate_models=(LLAMA_JA, "örg/Modèle-1B"),
         chip="Apple M1",
-        ram_gb=17.2,
+        ram_gb=17.18,
         model=LLAMA_JA,
         target_context=4096,
         cell=Cell(kv_bits=4, max_batch=1, max_context=8192),
@@ -89,16 +94,17 @@ VECTORS = (
             '{"binary_version":"0.2.0rc1","candidate_models":'
             '["örg/Llama-🦙-日本語-3B","örg/Modèle-1B"],"chip":"Apple M1",'
             '"knobs":{"kv_bits":4,"max_concurrency_override":1,"max_context_override":8192},'
-            '"model":"örg/Llama-🦙-日本語-3B","ram_gb":17.2,"target_context":4096}'
+            '"model":"örg/Llama-🦙-日本語-3B","ram_gb":17.18,"target_context":4096}'
         ),
-        digest="79bfa4227f9dd510304352f5f6c839781805e798b894a567186875085228a19f",
+        digest="bab5155c3399f908e70c25ede684331342fc9ad5f6d8c808224efd06c8542b63",
     ),
     Vector(
-        name="escaped quote, backslash and control characters, a local path model",
+        name="escaped quote, backslash and control characters, a local path model, ram_gb 16.0"
+        " written as 16",
         binary_version="0+unknown",
         candidate_models=("/models/tiny model",),
         chip='Xeon "Gold"\t6338 \\ x\x1f',
-        ram_gb=15.6,
+        ram_gb=16.0,
         model="/models/tiny model",
         target_context=32,
         cell=Cell(kv_bits=8, max_batch=2, max_context=40),
@@ -107,9 +113,9 @@ VECTORS = (
             r'{"binary_version":"0+unknown","candidate_models":["/models/tiny model"],'
             r'"chip":"Xeon \"Gold\"\t6338 \\ x\u001f","knobs":{"kv_bits":8,'
             r'"max_concurrency_override":2,"max_context_override":40},'
-            r'"model":"/models/tiny model","ram_gb":15.6,"target_context":32}'
+            r'"model":"/models/tiny model","ram_gb":16,"target_context":32}'
         ),
-        digest="e7110c7959206840b303fabb5bd3c4a8e1cb28b784e0bb37a3f13682a170e53b",
+        digest="307a83127c20c0251bfdd9f3816f758b7c14383b729b1e51f67c8ece331da945",
     ),
 )
 
@@ -168,8 +174,40 @@ def test_each_recipe_field_changes_the_hash(changes: dict[str, Any]) -> None:
 
 
 def test_ram_is_hashed_as_the_given_float() -> None:
-    # `describe_machine` rounds RAM to 0.1 GiB and the run stores that float; an unrounded
+    # `describe_machine` rounds RAM to 0.01 GB and the run stores that float; an unrounded
     # value would be another recipe, which is why the rounding happens before hashing.
     vector = VECTORS[1]
-    assert replace(vector, ram_gb=17.200000000000003).hash() != vector.hash()
-    assert replace(vector, ram_gb=round(17.24, 1)).hash() == vector.hash()
+    assert replace(vector, ram_gb=17.180000000000003).hash() != vector.hash()
+    assert replace(vector, ram_gb=round(17.184, 2)).hash() == vector.hash()
+
+
+@dataclass(frozen=True)
+class _Memory:
+    total: int
+
+
+@pytest.mark.parametrize(
+    ("total", "ram_gb"),
+    [
+        (8 * 2**30, 8.59),
+        (16 * 2**30, 17.18),
+        (24 * 2**30, 25.77),
+        (36 * 2**30, 38.65),
+        (128 * 2**30, 137.44),
+        (16_000_000_000, 16.0),
+        (16_004_999_999, 16.0),
+    ],
+)
+def test_machine_ram_is_in_gb_of_ten_to_the_ninth_bytes(
+    monkeypatch: pytest.MonkeyPatch, total: int, ram_gb: float
+) -> None:
+    """The unit of --memory-limit-gb: a 24 GiB machine reports 25.77 GB, not 24."""
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: _Memory(total))
+    assert machine.describe_machine().ram_gb == ram_gb
+
+
+def test_a_24_gib_machine_hashes_as_25_77_gb(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: _Memory(24 * 2**30))
+    vector = VECTORS[0]
+    measured = replace(vector, ram_gb=machine.describe_machine().ram_gb)
+    assert measured.hash() == f"sha256:{vector.digest}"
