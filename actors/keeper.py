@@ -126,7 +126,7 @@ class KeeperActor(pykka.ThreadingActor):
                 timeout=CALL_TIMEOUT_S
             )
         except (PortBusy, SpawnFailed) as error:  # may pass (a port freed late): back off
-            self._crashed(now, f"could not start: {error}")
+            self._crashed(now, f"provider could not start: {error}")
             return
         self._running, self._ready = True, False
 
@@ -136,23 +136,27 @@ class KeeperActor(pykka.ThreadingActor):
             log.info("provider ready on port %d", self._target.port)
             self._ready, self._last_health = True, now
         elif isinstance(result, Exited):
-            self._crashed(now, f"exited with code {result.returncode}: {result.stderr_tail}")
+            self._crashed(now, result.describe("before it was ready"))
         elif isinstance(result, TimedOut) and now - self._started_at > READY_TIMEOUT_S:
             self._stop_provider()
-            self._crashed(now, f"not ready within {READY_TIMEOUT_S:.0f} s")
+            self._crashed(now, f"provider not ready within {READY_TIMEOUT_S:.0f} s")
 
     def _watch(self, now: float) -> None:
         exited = self._provider.check().get(timeout=CALL_TIMEOUT_S)
         if exited is not None:
-            self._crashed(now, f"exited with code {exited.returncode}: {exited.stderr_tail}")
+            self._crashed(now, exited.describe("while serving"))
         elif now - self._last_health >= HEALTH_INTERVAL_S:
             if self._provider.is_healthy(HEALTH_TIMEOUT_S).get(timeout=CALL_TIMEOUT_S):
                 self._last_health = now
             else:
                 self._stop_provider()
-                self._crashed(now, f"stopped answering /health within {HEALTH_TIMEOUT_S:.0f} s")
+                self._crashed(
+                    now, f"provider stopped answering /health within {HEALTH_TIMEOUT_S:.0f} s"
+                )
 
     def _crashed(self, now: float, what: str) -> None:
+        """`what` is one line that names the provider (`provider exited while serving (exit
+        1): ...`): it is logged as is and ends the give-up message."""
         self._provider.stop_provider(STOP_GRACE_S).get(
             timeout=CALL_TIMEOUT_S
         )  # reap, free the port
@@ -165,7 +169,7 @@ class KeeperActor(pykka.ThreadingActor):
             return
         self._delay = decision.delay_s
         self._next_start_at = now + decision.delay_s
-        log.warning("provider crashed (%s); restarting in %.0f s", what, decision.delay_s)
+        log.warning("%s; restarting in %.0f s", what, decision.delay_s)
 
     def _stop_provider(self) -> None:
         self._provider.stop_provider(STOP_GRACE_S).get(timeout=CALL_TIMEOUT_S)  # logs the result

@@ -5,9 +5,18 @@ Replies travel as pykka futures; what a future resolves to is one of these.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
+
+# Signals a process never raises on itself when it fails (unlike SIGABRT, SIGSEGV or SIGBUS,
+# which a failed allocation or a crash raises): a death by one of them was sent from outside
+# (an operator, a script, another supervisor), so it says nothing about the model. A model
+# too big for the machine makes serve exit 65 on its own, before the OS would kill it.
+_OUTSIDE_SIGNALS: Final = frozenset(
+    {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT}
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,29 @@ class Exited:
 
     returncode: int | None  # negative: killed by that signal
     stderr_tail: str  # the most telling lines of its log, at most 2000 characters
+
+    @property
+    def killed_from_outside(self) -> bool:
+        """Killed by a signal only others send (see `_OUTSIDE_SIGNALS`)."""
+        code = self.returncode
+        return code is not None and code < 0 and -code in _OUTSIDE_SIGNALS
+
+    def describe(self, when: str) -> str:
+        """The death as one line, the same in trial notes and in `run`'s log: what ended it
+        (`killed by SIGKILL`, `exit 65`) and its log's telling lines joined by ` | `, e.g.
+        `provider exited during load (exit 65): error: out of memory | ...`."""
+        code = self.returncode
+        if code is None:
+            cause = "exit status unknown"
+        elif code < 0:
+            try:
+                cause = f"killed by {signal.Signals(-code).name}"
+            except ValueError:  # a number this platform has no name for
+                cause = f"killed by signal {-code}"
+        else:
+            cause = f"exit {code}"
+        tail = " | ".join(line for line in self.stderr_tail.splitlines() if line.strip())
+        return f"provider exited {when} ({cause}): {tail or 'no output'}"
 
 
 @dataclass(frozen=True)
@@ -115,6 +147,8 @@ class LoadFailed:
 
     reason: str
     exited: bool  # it died during load (out of memory, unloadable weights, …)
+    # Killed from outside (`Exited.killed_from_outside`): no verdict on whether it fits.
+    killed_from_outside: bool = False
 
 
 # --- provider conflicts: detect, drain, restore --------------------------------------------

@@ -38,6 +38,7 @@ import trio
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from macprovider.actors.messages import ProbeSpec
+from macprovider.actors.trial_outcome import INTERRUPTED
 from macprovider.actors.tuning import Replicate
 
 # How often the replicate looks at the cancel event: a Ctrl-C aborts it within ~0.1 s.
@@ -144,7 +145,7 @@ async def _watch_cancel(cancel: threading.Event, failure: _FirstFailure) -> None
     # A threading.Event cannot wake a trio task; polling it is the simple bridge.
     while not cancel.is_set():
         await trio.sleep(CANCEL_POLL_S)
-    failure.fail("interrupted")
+    failure.fail(INTERRUPTED)
 
 
 async def _measure_stream(

@@ -1,63 +1,48 @@
-"""The autotune database (DESIGN §6): a plain `Store` over one SQLite connection, and the
-`StoreActor` that owns it on its own thread as the only writer (DESIGN §3).
-
-The Store holds the logic and is testable without threads; the actor only delegates.
+"""The autotune database's writer: a plain `Store` over one SQLite connection, which brings
+the file up to the current layout on open. Within `autotune` only the StoreActor
+(`store_actor`) holds one; readers (`report`) open `store_reader.ReadOnlyStore` instead.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal, cast
-
-import pykka
-from pykka.typing import ActorMemberMixin, proxy_method
+from typing import Any, Final
 
 from macprovider.actors import _schema
+from macprovider.actors._store_rows import (
+    RUN_INSERT_COLUMNS,
+    TRIAL_INSERT_COLUMNS,
+    insert_sql,
+    pending_landed,
+    run_params,
+    select_runs,
+    select_trials,
+    trial_params,
+    utc_text,
+)
 from macprovider.actors.autotune_inputs import DEFAULT_RETAIN_RUNS
 from macprovider.actors.exit_reasons import ExitReason
-
-log = logging.getLogger("macprovider.actors.store")
+from macprovider.actors.store_errors import (
+    RunAlreadyFinished,
+    StoreError,
+    StoreUnavailable,
+    UnknownRun,
+    UnknownTrial,
+)
+from macprovider.actors.store_records import (
+    PendingApply,
+    RunStart,
+    StoredRun,
+    StoredTrial,
+    TrialRecord,
+)
 
 BUSY_TIMEOUT_S: Final = 5.0
-
-Stage = Literal[1, 2]
-KvBits = Literal[4, 8]
-
-
-class StoreError(Exception):
-    """Base of the errors the Store raises on purpose."""
-
-
-class SchemaMismatch(StoreError):
-    """An existing table lacks columns that no known older layout explains."""
-
-
-class UnknownRun(StoreError):
-    """No run row has this id."""
-
-
-class RunAlreadyFinished(StoreError):
-    """The run row is already closed; its exit reason is final."""
-
-
-class UnknownTrial(StoreError):
-    """The run has no Stage 2 trial with this id."""
-
-
-class StoreUnavailable(StoreError):
-    """The database cannot be opened or written: read-only, locked, on a full disk. The
-    message is one line naming the file and the reason; nothing was half-written."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"cannot write the autotune database {path}: {reason}")
 
 
 def _unavailable_reason(error: sqlite3.OperationalError | OSError) -> str:
@@ -80,118 +65,6 @@ def _writing(path: Path) -> Iterator[None]:
         raise StoreUnavailable(path, _unavailable_reason(error)) from error
 
 
-@dataclass(frozen=True)
-class RunStart:
-    """What a run records about itself when it starts (one `tune_runs` row)."""
-
-    run_id: str
-    started_at: datetime  # timezone-aware
-    spec_version: str
-    binary_version: str
-    machine_ram_gb: float
-    machine_chip: str
-    machine_os_version: str
-    target_context: int
-    candidate_models: tuple[str, ...]
-    stage1_replicates: int
-    stage2_replicates: int
-    gate_ttft_ms: float
-    tps_tie_epsilon: float
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One measured (or failed) trial (one `tune_trials` row)."""
-
-    run_id: str
-    stage: Stage  # no default: every row states its stage
-    ts: datetime  # timezone-aware
-    model: str
-    target_context: int
-    max_tokens: int
-    fits: bool
-    measured_prompt_tokens: int | None = None
-    agg_throughput_tps: float | None = None
-    ttft_p95_ms: float | None = None
-    n_err: int = 0
-    notes: str | None = None
-    kv_bits: KvBits | None = None  # None: unquantized
-    max_context_cap: int | None = None  # None: the provider's default
-    max_batch: int | None = None  # None: the provider's default
-    replicates_n: int | None = None
-
-
-@dataclass(frozen=True)
-class PendingApply:
-    """`--apply` was about to write these bytes (by their sha256) to this config."""
-
-    config_path: str
-    sha256: str
-
-    def landed(self) -> bool:
-        """Whether the config holds exactly those bytes now, i.e. the write happened."""
-        try:
-            data = Path(self.config_path).read_bytes()
-        except OSError:
-            return False
-        return hashlib.sha256(data).hexdigest() == self.sha256
-
-
-@dataclass(frozen=True)
-class StoredRun:
-    start: RunStart
-    ended_at: datetime | None  # None while open, or after a crash
-    exit_reason: ExitReason | None
-    recommendation_json: str | None
-    recipe_hash: str | None
-    # True once the config was rewritten, including by an apply whose process was killed
-    # between the write and recording it (its pending record is resolved on reading).
-    applied: bool
-
-
-@dataclass(frozen=True)
-class StoredTrial:
-    id: int
-    kept: bool
-    record: TrialRecord
-
-
-_RUN_INSERT_COLUMNS: Final = (
-    "run_id",
-    "started_at_utc",
-    "spec_version",
-    "binary_version",
-    "machine_ram_gb",
-    "machine_chip",
-    "machine_os_version",
-    "target_context",
-    "candidate_models_json",
-    "stage1_replicates",
-    "stage2_replicates",
-    "gate_ttft_ms",
-    "tps_tie_epsilon",
-)
-
-_TRIAL_INSERT_COLUMNS: Final = (
-    "ts_utc",
-    "run_id",
-    "stage",
-    "model",
-    "target_context",
-    "measured_prompt_tokens",
-    "max_tokens",
-    "agg_throughput_tps",
-    "ttft_p95_ms",
-    "fits",
-    "n_err",
-    "kept",
-    "notes",
-    "kv_bits",
-    "max_context_cap",
-    "max_batch",
-    "replicates_n",
-)
-
 # Runs beyond the newest `keep_others` others, never the run being started. Both retention
 # deletes use this same query inside one transaction, so they agree on the set.
 _OLD_RUNS: Final = """
@@ -200,147 +73,10 @@ _OLD_RUNS: Final = """
 """
 
 
-def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
-    names = ", ".join(columns)
-    values = ", ".join(f":{column}" for column in columns)
-    return f"INSERT INTO {table} ({names}) VALUES ({values})"
-
-
-def _utc_text(moment: datetime) -> str:
-    # A fixed-width UTC form, so text order is time order (retention sorts on it).
-    if moment.tzinfo is None:
-        raise ValueError(f"naive datetime {moment.isoformat()}: pass a timezone-aware one")
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _utc_moment(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
-    # Prototype-era rows may carry naive stamps; they were UTC too.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _checked_retain_runs(retain_runs: int) -> int:
+def checked_retain_runs(retain_runs: int) -> int:
     if retain_runs < 1:
         raise ValueError(f"retain_runs must be at least 1, got {retain_runs}")
     return retain_runs
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Creates what is missing and adds the columns an older table lacks; idempotent."""
-    for table in _schema.TABLES:
-        conn.execute(table.create_sql())
-        _add_missing_columns(conn, table)
-    for index in _schema.INDEXES:
-        conn.execute(index)
-
-
-def _add_missing_columns(conn: sqlite3.Connection, table: _schema.Table) -> None:
-    present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table.name})")}
-    missing = [name for name, _ in table.columns if name not in present]
-    unexplained = [name for name in missing if name not in table.addable]
-    if unexplained:
-        raise SchemaMismatch(
-            f"table {table.name} lacks {', '.join(unexplained)}: not a layout this version knows"
-        )
-    for name in missing:
-        conn.execute(f"ALTER TABLE {table.name} ADD COLUMN {name} {table.addable[name]}")
-
-
-def _run_params(run: RunStart) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "started_at_utc": _utc_text(run.started_at),
-        "spec_version": run.spec_version,
-        "binary_version": run.binary_version,
-        "machine_ram_gb": run.machine_ram_gb,
-        "machine_chip": run.machine_chip,
-        "machine_os_version": run.machine_os_version,
-        "target_context": run.target_context,
-        "candidate_models_json": json.dumps(list(run.candidate_models)),
-        "stage1_replicates": run.stage1_replicates,
-        "stage2_replicates": run.stage2_replicates,
-        "gate_ttft_ms": run.gate_ttft_ms,
-        "tps_tie_epsilon": run.tps_tie_epsilon,
-    }
-
-
-def _trial_params(trial: TrialRecord) -> dict[str, Any]:
-    return {
-        "ts_utc": _utc_text(trial.ts),
-        "run_id": trial.run_id,
-        "stage": trial.stage,
-        "model": trial.model,
-        "target_context": trial.target_context,
-        "measured_prompt_tokens": trial.measured_prompt_tokens,
-        "max_tokens": trial.max_tokens,
-        "agg_throughput_tps": trial.agg_throughput_tps,
-        "ttft_p95_ms": trial.ttft_p95_ms,
-        "fits": int(trial.fits),
-        "n_err": trial.n_err,
-        # Explicit rather than the column default: a prototype-era table may have none.
-        "kept": 0,
-        "notes": trial.notes,
-        "kv_bits": trial.kv_bits,
-        "max_context_cap": trial.max_context_cap,
-        "max_batch": trial.max_batch,
-        "replicates_n": trial.replicates_n,
-    }
-
-
-def _stored_run(row: sqlite3.Row) -> StoredRun:
-    start = RunStart(
-        run_id=row["run_id"],
-        started_at=_utc_moment(row["started_at_utc"]),
-        spec_version=row["spec_version"],
-        binary_version=row["binary_version"],
-        machine_ram_gb=row["machine_ram_gb"],
-        machine_chip=row["machine_chip"],
-        machine_os_version=row["machine_os_version"],
-        target_context=row["target_context"],
-        candidate_models=tuple(json.loads(row["candidate_models_json"])),
-        stage1_replicates=row["stage1_replicates"],
-        stage2_replicates=row["stage2_replicates"],
-        gate_ttft_ms=row["gate_ttft_ms"],
-        tps_tie_epsilon=row["tps_tie_epsilon"],
-    )
-    ended, reason = row["ended_at_utc"], row["exit_reason"]
-    return StoredRun(
-        start=start,
-        ended_at=None if ended is None else _utc_moment(ended),
-        exit_reason=None if reason is None else ExitReason(reason),
-        recommendation_json=row["recommendation_json"],
-        recipe_hash=row["recipe_hash"],
-        applied=bool(row["applied"]) or _pending_landed(row["apply_pending_json"]),
-    )
-
-
-def _pending_landed(pending_json: str | None) -> bool:
-    if pending_json is None:
-        return False
-    pending = json.loads(pending_json)
-    return PendingApply(pending["config"], pending["sha256"]).landed()
-
-
-def _stored_trial(row: sqlite3.Row) -> StoredTrial:
-    record = TrialRecord(
-        run_id=row["run_id"],
-        stage=row["stage"],
-        ts=_utc_moment(row["ts_utc"]),
-        model=row["model"],
-        target_context=row["target_context"],
-        max_tokens=row["max_tokens"],
-        fits=bool(row["fits"]),
-        measured_prompt_tokens=row["measured_prompt_tokens"],
-        agg_throughput_tps=row["agg_throughput_tps"],
-        ttft_p95_ms=row["ttft_p95_ms"],
-        n_err=row["n_err"],
-        notes=row["notes"],
-        kv_bits=row["kv_bits"],
-        max_context_cap=row["max_context_cap"],
-        max_batch=row["max_batch"],
-        replicates_n=row["replicates_n"],
-    )
-    return StoredTrial(id=row["id"], kept=bool(row["kept"]), record=record)
 
 
 class Store:
@@ -350,7 +86,7 @@ class Store:
     """
 
     def __init__(self, path: Path, *, retain_runs: int = DEFAULT_RETAIN_RUNS) -> None:
-        self._retain_runs = _checked_retain_runs(retain_runs)
+        self._retain_runs = checked_retain_runs(retain_runs)
         self._path = path
         with _writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -362,7 +98,7 @@ class Store:
             with _writing(path):
                 self._configure(path)
             with self._transaction():
-                _migrate(self._conn)
+                _schema.migrate(self._conn)
         except BaseException:
             self._conn.close()
             raise
@@ -394,7 +130,7 @@ class Store:
         # Committed on its own, first: the run is on record even if retention fails or the
         # process dies, and it counts among the runs retention keeps.
         with _writing(self._path):
-            self._conn.execute(_insert_sql("tune_runs", _RUN_INSERT_COLUMNS), _run_params(run))
+            self._conn.execute(insert_sql("tune_runs", RUN_INSERT_COLUMNS), run_params(run))
         old = {"current": run.run_id, "keep_others": self._retain_runs - 1}
         with self._transaction():
             # Trials first: they reference their run.
@@ -411,7 +147,7 @@ class Store:
         """Inserts one trial, committed at once; returns its id."""
         with _writing(self._path):
             cursor = self._conn.execute(
-                _insert_sql("tune_trials", _TRIAL_INSERT_COLUMNS), _trial_params(trial)
+                insert_sql("tune_trials", TRIAL_INSERT_COLUMNS), trial_params(trial)
             )
         trial_id = cursor.lastrowid
         assert trial_id is not None  # always set by an INSERT into a rowid table
@@ -452,7 +188,7 @@ class Store:
                 raise RunAlreadyFinished(f"run {run_id!r} already ended at {row['ended_at_utc']}")
             closing = {
                 "run_id": run_id,
-                "ended_at_utc": _utc_text(ended_at),
+                "ended_at_utc": utc_text(ended_at),
                 "exit_reason": reason.value,
                 "recommendation_json": recommendation_json,
                 "recipe_hash": recipe_hash,
@@ -488,7 +224,7 @@ class Store:
             "SELECT run_id, apply_pending_json FROM tune_runs WHERE apply_pending_json IS NOT NULL"
         ).fetchall()
         for row in rows:
-            applied = "1" if _pending_landed(row["apply_pending_json"]) else "applied"
+            applied = "1" if pending_landed(row["apply_pending_json"]) else "applied"
             self._update_run(row["run_id"], f"applied = {applied}, apply_pending_json = NULL", ())
 
     def _update_run(self, run_id: str, assignments: str, values: tuple[str, ...]) -> None:
@@ -501,15 +237,11 @@ class Store:
 
     def runs(self) -> list[StoredRun]:
         """Every run, oldest first."""
-        rows = self._conn.execute("SELECT * FROM tune_runs ORDER BY started_at_utc, rowid")
-        return [_stored_run(row) for row in rows]
+        return select_runs(self._conn)
 
     def trials(self, run_id: str) -> list[StoredTrial]:
         """The run's trials in the order they were recorded."""
-        rows = self._conn.execute(
-            "SELECT * FROM tune_trials WHERE run_id = ? ORDER BY id", (run_id,)
-        )
-        return [_stored_trial(row) for row in rows]
+        return select_trials(self._conn, run_id)
 
     def integrity_ok(self) -> bool:
         rows = self._conn.execute("PRAGMA integrity_check").fetchall()
@@ -517,101 +249,3 @@ class Store:
 
     def close(self) -> None:
         self._conn.close()
-
-
-class StoreActor(pykka.ThreadingActor):
-    """Owns the Store on the actor's thread, where its connection was opened."""
-
-    def __init__(self, path: Path, *, retain_runs: int = DEFAULT_RETAIN_RUNS) -> None:
-        super().__init__()
-        self._path = path
-        # Checked here, in the caller's thread, so a bad value fails the start call itself.
-        self._retain_runs = _checked_retain_runs(retain_runs)
-        # Set by on_start, which pykka runs before handling any message.
-        self._opened: Store | None = None
-        self._unavailable: StoreUnavailable | None = None
-
-    def on_start(self) -> None:
-        try:
-            self._opened = Store(self._path, retain_runs=self._retain_runs)
-        except StoreUnavailable as error:
-            # Kept, not raised: a failed on_start kills the actor, and every caller would get
-            # an ActorDeadError instead of why. Each call now raises the reason.
-            self._unavailable = error
-            return
-        self._opened.settle_pending_applies()
-
-    @property
-    def _store(self) -> Store:
-        if self._opened is None:
-            assert self._unavailable is not None  # on_start either opened it or kept why not
-            raise self._unavailable
-        return self._opened
-
-    def on_stop(self) -> None:
-        if self._opened is not None:
-            self._opened.close()
-
-    def begin_run(self, run: RunStart) -> None:
-        self._store.begin_run(run)
-
-    def record_trial(self, trial: TrialRecord) -> int:
-        return self._store.record_trial(trial)
-
-    def set_kept(self, run_id: str, trial_id: int) -> None:
-        self._store.set_kept(run_id, trial_id)
-
-    def finish_run(
-        self,
-        run_id: str,
-        exit_reason: ExitReason,
-        *,
-        ended_at: datetime,
-        recommendation_json: str | None = None,
-        recipe_hash: str | None = None,
-        applied: bool = False,
-    ) -> None:
-        self._store.finish_run(
-            run_id,
-            exit_reason,
-            ended_at=ended_at,
-            recommendation_json=recommendation_json,
-            recipe_hash=recipe_hash,
-            applied=applied,
-        )
-
-    def close_if_open(self, run_id: str, exit_reason: ExitReason, *, ended_at: datetime) -> bool:
-        try:
-            return self._store.close_if_open(run_id, exit_reason, ended_at=ended_at)
-        except StoreUnavailable as error:
-            # The backstop of a run that ends anyway: say why its row stays open, and let the
-            # orderly stop go on (whoever failed to write first has reported it already).
-            log.warning("run %s left open: %s", run_id, error)
-            return False
-
-    def runs(self) -> list[StoredRun]:
-        return self._store.runs()
-
-    def trials(self, run_id: str) -> list[StoredTrial]:
-        return self._store.trials(run_id)
-
-    def integrity_ok(self) -> bool:
-        return self._store.integrity_ok()
-
-
-class StoreProxy(ActorMemberMixin, pykka.ActorProxy[StoreActor]):
-    """The StoreActor's methods as mypy sees them through a proxy: each returns a Future."""
-
-    begin_run = proxy_method(StoreActor.begin_run)
-    record_trial = proxy_method(StoreActor.record_trial)
-    set_kept = proxy_method(StoreActor.set_kept)
-    finish_run = proxy_method(StoreActor.finish_run)
-    close_if_open = proxy_method(StoreActor.close_if_open)
-    runs = proxy_method(StoreActor.runs)
-    trials = proxy_method(StoreActor.trials)
-    integrity_ok = proxy_method(StoreActor.integrity_ok)
-
-
-def start_store_actor(path: Path, *, retain_runs: int = DEFAULT_RETAIN_RUNS) -> StoreProxy:
-    """Starts a StoreActor on the database at `path` and returns its typed proxy."""
-    return cast(StoreProxy, StoreActor.start(path, retain_runs=retain_runs).proxy())

@@ -1,10 +1,10 @@
-"""The TunerActor (DESIGN §3, §5): Stage 1 (the biggest candidate that fits, in the operator's
-order, stopping at the first feasible one), then Stage 2 (the knob cells of that model).
+"""The Tuner: Stage 1 (the biggest candidate that fits, in the operator's order, stopping at
+the first feasible one), then Stage 2 (the knob cells of that model).
 
-The logic lives in `Tuner`, a plain object; the actor only runs it on its thread and reports
-how it ended. The Tuner owns no process, socket or file: it asks the PrewarmActor (weights,
-load), the ProviderActor (health, stop), the ProbeActor (measured replicates) and the
-StoreActor (every trial, as it finishes), and decides with the pure functions of `tuning` and
+A plain object, run on its own thread by the TunerActor (`tuner_actor`). It owns no process,
+socket or file: it asks the PrewarmActor (weights, load), the ProviderActor (health, stop),
+the ProbeActor (measured replicates) and the StoreActor (every trial, as it finishes, with
+its `TrialOutcome`), and decides with the pure functions of `tuning`, `trial_outcome` and
 `recommendation`. A Ctrl-C sets the shared `cancel` event: the step in flight returns early,
 its trial is recorded as interrupted, the provider is stopped and the run row is closed.
 """
@@ -16,18 +16,17 @@ import json
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar, cast
+from typing import Final, TypeVar, cast
 
 import pykka
 
 from macprovider.actors.autotune_inputs import TuneSettings
 from macprovider.actors.drain import DrainProxy
 from macprovider.actors.drain_decisions import conflict_message
-from macprovider.actors.exit_reasons import DATABASE_UNAVAILABLE, ExitReason
+from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.messages import DrainFailed, Knobs, Loaded, LoadFailed, ProbeSpec
 from macprovider.actors.prewarm import (
     PrewarmError,
@@ -38,20 +37,17 @@ from macprovider.actors.prewarm import (
 from macprovider.actors.probe import ProbeProxy
 from macprovider.actors.probe_prompt import ProbePrompt, build_probe_prompt, load_prompt_tokenizer
 from macprovider.actors.provider import ProviderProxy
-from macprovider.actors.recommendation import (
-    Recommendation,
-    recipe_hash,
-    recommend,
+from macprovider.actors.recommendation import Recommendation, recipe_hash, recommend
+from macprovider.actors.store_actor import StoreProxy
+from macprovider.actors.store_records import KvBits, RunStart, Stage, TrialRecord
+from macprovider.actors.trial_outcome import (
+    CUT_NOTES,
+    INTERRUPTED,
+    TrialOutcome,
+    load_outcome,
+    measured_outcome,
 )
-from macprovider.actors.store import (
-    KvBits,
-    RunStart,
-    Stage,
-    StoreProxy,
-    StoreUnavailable,
-    TrialRecord,
-)
-from macprovider.actors.supervisor import SupervisorProxy
+from macprovider.actors.tune_events import Timings, TrialEvent, TuneListener, TuneSummary
 from macprovider.actors.tuning import (
     Budget,
     Cell,
@@ -62,7 +58,6 @@ from macprovider.actors.tuning import (
     keeps_best,
     stage2_cells,
 )
-from macprovider.actors.warm_load import INTERRUPTED
 
 log = logging.getLogger("macprovider.autotune")
 
@@ -73,73 +68,8 @@ CALL_MARGIN_S: Final = 60.0
 # A first download of a big model can take hours; Ctrl-C still ends the run (the provider
 # and the DB are safe), the fetch thread just is not waited for.
 PREWARM_TIMEOUT_S: Final = 24 * 3600.0
-OUT_OF_BUDGET: Final = "out of budget"
-# The notes a trial starts with when it ended before any verdict: not "does not fit".
-CUT_SHORT_NOTES: Final = (INTERRUPTED, OUT_OF_BUDGET)
 
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Where a trial's (or a run's) wall time went, in seconds."""
-
-    prewarm_s: float = 0.0
-    load_s: float = 0.0
-    measure_s: float = 0.0
-    stop_s: float = 0.0
-
-    def __add__(self, other: Timings) -> Timings:
-        return Timings(
-            self.prewarm_s + other.prewarm_s,
-            self.load_s + other.load_s,
-            self.measure_s + other.measure_s,
-            self.stop_s + other.stop_s,
-        )
-
-    def total(self) -> float:
-        return self.prewarm_s + self.load_s + self.measure_s + self.stop_s
-
-
-@dataclass(frozen=True)
-class TrialEvent:
-    """A finished trial, as listeners hear of it."""
-
-    stage: int
-    index: int  # 1-based, within its stage
-    total: int
-    model: str
-    knobs: Knobs
-    result: CellResult
-    notes: str | None
-    timings: Timings
-
-
-class TuneListener:
-    """Hears what the tuner does (progress display, `-v` log); by default nothing."""
-
-    def stage_started(self, stage: int, total: int) -> None:
-        pass
-
-    def trial_started(self, stage: int, index: int, total: int, model: str, knobs: Knobs) -> None:
-        pass
-
-    def replicate_started(self, number: int, total: int) -> None:
-        pass
-
-    def trial_finished(self, event: TrialEvent) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class TuneSummary:
-    """How a run ended and what it found; also in the DB (`tune_runs`, `tune_trials`)."""
-
-    run_id: str
-    exit_reason: ExitReason
-    detail: str | None  # one line, when the run ended on a problem
-    recommendation: Recommendation | None
-    timings: Timings
 
 
 @dataclass(frozen=True)
@@ -213,8 +143,11 @@ class Tuner:
 
     def record_crash(self, trace: str) -> None:
         """Best effort after an unexpected error: the traceback in a trial row, the run closed."""
+        crash = _unmeasured("internal error")
         with contextlib.suppress(Exception):
-            self._record(self._stage, self._model, Knobs(), _unmeasured("internal error"), trace)
+            self._record(
+                self._stage, self._model, Knobs(), crash, TrialOutcome.INTERNAL_ERROR, trace
+            )
         with contextlib.suppress(Exception):
             self._close_run(ExitReason.INTERNAL_ERROR, None)
 
@@ -270,7 +203,7 @@ class Tuner:
         prewarm = Timings(prewarm_s=self._clock() - started)
         if isinstance(prepared, CellResult):
             self._time += prewarm
-            self._record(1, model, knobs, prepared, prepared.reason)
+            self._record(1, model, knobs, prepared, TrialOutcome.PREWARM_FAILED, prepared.reason)
             return None, prepared
         total = len(self._settings.candidates)
         replicates = self._settings.stage1_replicates
@@ -278,17 +211,19 @@ class Tuner:
         return prepared, result
 
     def _prepare(self, model: str, knobs: Knobs) -> _Prepared | CellResult:
+        """The candidate made ready to measure, or why it cannot be (`PREWARM_FAILED`)."""
         try:
-            outcome = self._call(self._peers.prewarm.prewarm(model), PREWARM_TIMEOUT_S)
+            warmed = self._call(self._peers.prewarm.prewarm(model), PREWARM_TIMEOUT_S)
         except PrewarmIntegrityError as error:
-            self._record(1, model, knobs, _unmeasured(str(error)), str(error))
+            damaged = _unmeasured(str(error))
+            self._record(1, model, knobs, damaged, TrialOutcome.INTEGRITY_FAILURE, str(error))
             raise _Stop(ExitReason.PRE_WARM_INTEGRITY_FAILURE, str(error)) from error
         except PrewarmTransientError as error:
             return _unmeasured(f"pre-warm transient: {error.cause}")
         except PrewarmError as error:
             return _unmeasured(f"pre-warm failed: {error}")
         try:
-            tokenizer = load_prompt_tokenizer(outcome.report.folder)
+            tokenizer = load_prompt_tokenizer(warmed.report.folder)
             prompt = build_probe_prompt(tokenizer.count, self._settings.target_context)
         except Exception as error:  # the tokenizer's loader raises anything
             return _unmeasured(f"no probe prompt: {type(error).__name__}: {error}")
@@ -342,12 +277,13 @@ class Tuner:
             settings.ready_timeout_s,
         )
         measure_at = self._clock()
-        measured = []
+        measured: list[Replicate] = []
+        cut = None
         if isinstance(load, Loaded):
             # Stage 1 lets the model stop where it likes (a stop-token leak shows there);
             # Stage 2 bans the stop tokens so every cell generates the same work.
             banned = prepared.stop_ids if stage == 2 else ()
-            measured = self._replicates(prepared, concurrency, replicates, banned)
+            measured, cut = self._replicates(prepared, concurrency, replicates, banned)
         stop_at = self._clock()
         self._call(self._peers.provider.stop_provider(STOP_GRACE_S), STOP_GRACE_S)
         timings = before + Timings(
@@ -356,26 +292,30 @@ class Tuner:
             stop_s=self._clock() - stop_at,
         )
         self._time += timings
-        result = self._result(load, measured, stage)
+        result, outcome = self._result(load, measured, cut, stage)
         notes = self._notes(load, result)
-        trial_id = self._record(stage, prepared.model, knobs, result, notes, prepared.prompt.tokens)
+        trial_id = self._record(
+            stage, prepared.model, knobs, result, outcome, notes, prepared.prompt.tokens
+        )
         event = TrialEvent(stage, index, total, prepared.model, knobs, result, notes, timings)
         self._listener.trial_finished(event)
         return result, trial_id
 
     def _replicates(
         self, prepared: _Prepared, concurrency: int, count: int, banned: tuple[int, ...]
-    ) -> list[Replicate]:
-        """Up to `count` replicates; the first failed one ends the cell (it can never win)."""
+    ) -> tuple[list[Replicate], TrialOutcome | None]:
+        """Up to `count` replicates; the first failed one ends the cell (it can never win).
+        Also why the last one was cut short, if it was: see `measured_outcome`."""
         settings = self._settings
         done: list[Replicate] = []
         for number in range(1, count + 1):
             timeout = min(settings.request_timeout_s, self._budget.remaining(self._clock()))
             if self._cancel.is_set() or timeout <= 0:
-                done.append(
-                    _failed_replicate(INTERRUPTED if self._cancel.is_set() else OUT_OF_BUDGET)
-                )
-                break
+                cut = TrialOutcome.OUT_OF_BUDGET
+                if self._cancel.is_set():
+                    cut = TrialOutcome.INTERRUPTED
+                done.append(_failed_replicate(CUT_NOTES[cut]))
+                return done, cut
             self._listener.replicate_started(number, count)
             spec = ProbeSpec(
                 settings.port,
@@ -390,21 +330,29 @@ class Tuner:
             replicate = self._call(self._peers.probe.replicate(spec), timeout)
             exited = self._call(self._peers.provider.check(), 0)
             if exited is not None:
-                tail = " | ".join(exited.stderr_tail.splitlines())
-                reason = f"provider exited during measurement (exit {exited.returncode}): {tail}"
+                reason = exited.describe("during measurement")
                 replicate = replace(replicate, ok=False, reason=reason)
             done.append(replicate)
+            if exited is not None and exited.killed_from_outside:
+                return done, TrialOutcome.PROVIDER_KILLED
+            if replicate.reason == INTERRUPTED:  # the probe's own word for a Ctrl-C
+                return done, TrialOutcome.INTERRUPTED
             if not replicate.ok:
                 break
-        return done
+        return done, None
 
     def _result(
-        self, load: Loaded | LoadFailed, measured: list[Replicate], stage: Stage
-    ) -> CellResult:
+        self,
+        load: Loaded | LoadFailed,
+        measured: list[Replicate],
+        cut: TrialOutcome | None,
+        stage: Stage,
+    ) -> tuple[CellResult, TrialOutcome]:
         if isinstance(load, LoadFailed):
-            return _unmeasured(load.reason)
+            return _unmeasured(load.reason), load_outcome(load)
         # Stage 1 is a fit test, with the TTFT gate; Stage 2 ranks what fits.
-        return aggregate(measured, self._settings.gate_ttft_ms if stage == 1 else None)
+        gate = self._settings.gate_ttft_ms if stage == 1 else None
+        return aggregate(measured, gate), measured_outcome(measured, gate, cut)
 
     @staticmethod
     def _notes(load: Loaded | LoadFailed, result: CellResult) -> str | None:
@@ -433,6 +381,7 @@ class Tuner:
         model: str,
         knobs: Knobs,
         result: CellResult,
+        outcome: TrialOutcome,
         notes: str | None,
         prompt_tokens: int | None = None,
     ) -> int:
@@ -443,14 +392,14 @@ class Tuner:
             model=model,
             target_context=self._settings.target_context,
             max_tokens=self._settings.probe_max_tokens,
-            fits=result.feasible,
+            outcome=outcome,
             measured_prompt_tokens=prompt_tokens,
             agg_throughput_tps=result.tps_median,
             ttft_p95_ms=result.ttft_p95_ms,
             n_err=result.failed,
             notes=notes,
             kv_bits=cast(KvBits | None, knobs.kv_bits),
-            max_context_cap=knobs.max_context,
+            max_context=knobs.max_context,
             max_batch=knobs.max_batch,
             replicates_n=result.replicates,
         )
@@ -496,52 +445,3 @@ class Tuner:
     @staticmethod
     def _call(future: pykka.Future[_T], bound_s: float) -> _T:
         return future.get(timeout=bound_s + CALL_MARGIN_S)
-
-
-_TUNE: Final = "tune"
-
-
-class TunerActor(pykka.ThreadingActor):
-    """Runs one Tuner on its own thread, then asks the Supervisor to end the run."""
-
-    def __init__(
-        self, tuner: Tuner, supervisor: SupervisorProxy, report: Callable[[TuneSummary], None]
-    ) -> None:
-        super().__init__()
-        self._tuner = tuner
-        self._supervisor = supervisor
-        self._report = report
-
-    def on_start(self) -> None:
-        # A told message, not a proxy call: an exception in it reaches on_failure.
-        self.actor_ref.tell(_TUNE)
-
-    def on_receive(self, message: Any) -> None:
-        if message == _TUNE:
-            self._tune()
-
-    def _tune(self) -> None:
-        try:
-            summary = self._tuner.run()
-        except StoreUnavailable as error:
-            # Not a bug, and nothing can be recorded: the run ends on the one-line reason.
-            # Every provider was stopped before the write that failed (see `_trial`).
-            with contextlib.suppress(pykka.ActorDeadError):
-                self._supervisor.give_up(DATABASE_UNAVAILABLE, str(error))
-            return
-        except Exception:
-            trace = traceback.format_exc()
-            log.error("the tuner failed:\n%s", trace)
-            self._tuner.record_crash(trace)
-            with contextlib.suppress(pykka.ActorDeadError):
-                self._supervisor.child_failed("tuner", trace.strip().splitlines()[-1])
-            return
-        self._report(summary)
-        with contextlib.suppress(pykka.ActorDeadError):  # a Ctrl-C may have ended it already
-            self._supervisor.shutdown(summary.exit_reason.value)
-
-
-def start_tuner(
-    tuner: Tuner, supervisor: SupervisorProxy, report: Callable[[TuneSummary], None]
-) -> pykka.ActorRef[TunerActor]:
-    return TunerActor.start(tuner, supervisor, report)

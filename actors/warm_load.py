@@ -1,4 +1,4 @@
-"""Load time (DESIGN §5 pre-warm): start a provider through the ProviderActor, wait until it is
+"""Load time: start a provider through the ProviderActor, wait until it is
 ready, then complete one disposable request, so that nothing a first request pays for (lazy
 weight mapping, kernel set-up, the first prefill's allocations) is charged to a measured TTFT.
 
@@ -17,20 +17,22 @@ import httpx
 from macprovider.actors.errors import PortBusy, SpawnFailed
 from macprovider.actors.messages import Exited, Knobs, Loaded, LoadFailed, Ready
 from macprovider.actors.provider import LOCALHOST, ProviderProxy
+from macprovider.actors.trial_outcome import INTERRUPTED
 
 READY_SLICE_S: Final = 1.0
 # Bounds on a call into the ProviderActor: its longest (a stop) takes well under this.
 CALL_TIMEOUT_S: Final = 60.0
 WARM_UP_TIMEOUT_S: Final = 120.0
 WARM_UP_BODY: Final = {"max_tokens": 1, "temperature": 0, "stream": False}
-INTERRUPTED: Final = "interrupted"
 
 
-def exited_reason(exited: Exited) -> str:
-    """A provider's death as one notes line: its exit code and its most telling log lines."""
-    tail = " | ".join(line for line in exited.stderr_tail.splitlines() if line.strip())
-    code = "killed by a signal" if (exited.returncode or 0) < 0 else f"exit {exited.returncode}"
-    return f"provider exited during load ({code}): {tail or 'no output'}"
+def died_during_load(exited: Exited) -> LoadFailed:
+    """A provider's death during load, its notes line naming the exit code or the signal."""
+    return LoadFailed(
+        exited.describe("during load"),
+        exited=True,
+        killed_from_outside=exited.killed_from_outside,
+    )
 
 
 def load_and_warm(
@@ -60,7 +62,7 @@ def load_and_warm(
     except httpx.HTTPError as error:
         exited = provider.check().get(timeout=CALL_TIMEOUT_S)
         if exited is not None:
-            return LoadFailed(exited_reason(exited), exited=True)
+            return died_during_load(exited)
         return LoadFailed(f"the disposable first request failed: {error}", exited=False)
     return Loaded(time.perf_counter() - started)
 
@@ -79,7 +81,7 @@ def _wait_ready(
         if isinstance(result, Ready):
             return None
         if isinstance(result, Exited):
-            return LoadFailed(exited_reason(result), exited=True)
+            return died_during_load(result)
 
 
 def _disposable_request(port: int, model: str) -> None:

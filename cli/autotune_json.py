@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any, Final
 
 from macprovider.actors.recommendation import Infeasible
-from macprovider.actors.store import RunStart
+from macprovider.actors.store_records import RunStart
 from macprovider.cli.run_report import RunReport
 
 SCHEMA_PACKAGE: Final = "macprovider.cli"

@@ -15,7 +15,7 @@ from macprovider.actors.autotune_inputs import TuneSettings
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.messages import Knobs
 from macprovider.actors.recommendation import Recommendation
-from macprovider.actors.tuner import Timings, TrialEvent
+from macprovider.actors.tune_events import Timings, TrialEvent
 from macprovider.actors.tuning import Cell, stage2_cells
 from macprovider.cli.run_report import RunReport
 from macprovider.server.knobs import TUNED_KNOBS

@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.text import Text
 
 from macprovider.actors.messages import Knobs
-from macprovider.actors.tuner import TrialEvent, TuneListener
+from macprovider.actors.tune_events import TrialEvent, TuneListener
 from macprovider.cli.autotune_render import knobs_text, render_trial
 
 log = logging.getLogger("macprovider.autotune")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from macprovider.actors.store import StoredTrial, TrialRecord
+from macprovider.actors.store_records import StoredTrial, TrialRecord
 from macprovider.server.knobs import KV_BITS, MAX_BATCH, MAX_CONTEXT, TUNED_KNOBS, KnobSpec
 
 __all__ = [
@@ -55,7 +55,7 @@ def record_knobs(record: TrialRecord) -> list[tuple[KnobSpec[Any], Any]]:
     values = {
         KV_BITS: record.kv_bits,
         MAX_BATCH: record.max_batch,
-        MAX_CONTEXT: record.max_context_cap,
+        MAX_CONTEXT: record.max_context,
     }
     return [(spec, values[spec]) for spec in TUNED_KNOBS]
 

@@ -17,7 +17,7 @@ from typing import Final
 
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.recommendation import Recommendation
-from macprovider.actors.store import StoredTrial
+from macprovider.actors.store_records import StoredTrial
 from macprovider.cli.atomic_file import replace_file
 from macprovider.cli.errors import ReportHtmlError
 from macprovider.cli.report_chart import chart_svg, knob_text, record_knobs

@@ -7,13 +7,13 @@ built from the database alone, so a live run and `report --run ID` print the sam
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from macprovider.actors.autotune_inputs import default_sizes_b
 from macprovider.actors.exit_reasons import ExitReason
-from macprovider.actors.prewarm_errors import INTEGRITY_PREFIX
 from macprovider.actors.prewarm_resolve import local_parameters
 from macprovider.actors.recommendation import (
     Infeasible,
@@ -22,8 +22,9 @@ from macprovider.actors.recommendation import (
     infeasible_report,
     recipe_hash,
 )
-from macprovider.actors.store import Store, StoredRun, StoredTrial
-from macprovider.actors.tuner import CUT_SHORT_NOTES
+from macprovider.actors.store_errors import StoreError
+from macprovider.actors.store_reader import ReadOnlyStore
+from macprovider.actors.store_records import StoredRun, StoredTrial
 from macprovider.cli.errors import ReportError
 
 BILLION = 1e9
@@ -70,10 +71,9 @@ class RunReport:
 
 
 def _verdict(trial: StoredTrial) -> bool:
-    """A Stage 1 row that says "does not fit", as opposed to one cut short or aborted."""
-    notes = trial.record.notes or ""
-    cut = notes.startswith(CUT_SHORT_NOTES) or notes.startswith(INTEGRITY_PREFIX)
-    return trial.record.stage == 1 and not trial.record.fits and not cut
+    """A Stage 1 row that says "does not fit", as opposed to one cut short, aborted or whose
+    provider was killed from outside (its outcome, `TrialOutcome.infeasible`)."""
+    return trial.record.stage == 1 and trial.record.outcome.infeasible
 
 
 def build_report(
@@ -112,12 +112,22 @@ def candidate_sizes_b(models: Sequence[str]) -> dict[str, float]:
     return sizes
 
 
-def load_report(db_path: Path, run_id: str | None = None) -> RunReport:
-    """The run `run_id` (default: the latest) of the database at `db_path`."""
+@contextmanager
+def _reading(db_path: Path) -> Iterator[ReadOnlyStore]:
+    """The database opened read-only; what keeps it from being read is a ReportError (one
+    line, exit 66), an older layout included: `report` never migrates."""
     if not db_path.is_file():
         raise ReportError(f"no autotune database at {db_path}")
-    store = Store(db_path)
     try:
+        with ReadOnlyStore(db_path) as store:
+            yield store
+    except StoreError as error:
+        raise ReportError(str(error)) from error
+
+
+def load_report(db_path: Path, run_id: str | None = None) -> RunReport:
+    """The run `run_id` (default: the latest) of the database at `db_path`."""
+    with _reading(db_path) as store:
         runs = store.runs()
         if run_id is None:
             if not runs:
@@ -129,22 +139,17 @@ def load_report(db_path: Path, run_id: str | None = None) -> RunReport:
                 raise ReportError(f"{db_path} has no run {run_id!r}")
             run = matches[0]
         trials = store.trials(run.start.run_id)
-    finally:
-        store.close()
     sizes = candidate_sizes_b(run.start.candidate_models)
     return build_report(run, trials, sizes, db_path)
 
 
 def previous_comparable(db_path: Path, report: RunReport) -> RunReport | None:
     """The latest earlier run on the same machine with the same inputs, for `--compare`."""
-    store = Store(db_path)
-    try:
+    with _reading(db_path) as store:
         earlier = [run for run in store.runs() if _comparable(run, report.run)]
         if not earlier:
             return None
         trials = store.trials(earlier[-1].start.run_id)
-    finally:
-        store.close()
     sizes = candidate_sizes_b(earlier[-1].start.candidate_models)
     return build_report(earlier[-1], trials, sizes, db_path)
 

@@ -17,25 +17,22 @@ import pykka
 import pytest
 
 from macprovider.actors.exit_reasons import ExitReason
-from macprovider.actors.store import (
-    KvBits,
+from macprovider.actors.store import Store
+from macprovider.actors.store_actor import StoreActor, start_store_actor
+from macprovider.actors.store_errors import (
     RunAlreadyFinished,
-    RunStart,
     SchemaMismatch,
-    Stage,
-    Store,
-    StoreActor,
-    TrialRecord,
     UnknownRun,
     UnknownTrial,
-    start_store_actor,
 )
+from macprovider.actors.store_records import KvBits, RunStart, Stage, TrialRecord
+from macprovider.actors.trial_outcome import TrialOutcome
 from tests.conftest import ROOT, wait_until
 
 T0 = datetime(2025, 11, 25, 8, 0, tzinfo=UTC)
 ACTOR_TIMEOUT = 10.0
 
-# DESIGN §6, written out independently of the implementation's schema module.
+# The tables' layout, written out independently of the implementation's schema module.
 RUN_COLUMNS = [
     "run_id",
     "started_at_utc",
@@ -76,8 +73,11 @@ TRIAL_COLUMNS = [
     "max_context_cap",
     "max_batch",
     "replicates_n",
+    "outcome",
 ]
 KNOB_COLUMNS = ["kv_bits", "max_context_cap", "max_batch", "replicates_n"]
+# The TrialRecord fields of KNOB_COLUMNS: the knobs' own names (the table keeps its columns').
+KNOB_FIELDS = ["kv_bits", "max_context", "max_batch", "replicates_n"]
 
 
 def make_run(run_id: str, minutes: int = 0) -> RunStart:
@@ -106,7 +106,7 @@ def make_trial(run_id: str, stage: Stage, kv_bits: KvBits | None = None) -> Tria
         model="fixtures/tiny",
         target_context=2000,
         max_tokens=64,
-        fits=True,
+        outcome=TrialOutcome.FITS,
         measured_prompt_tokens=2000,
         agg_throughput_tps=12.5,
         ttft_p95_ms=340.0,
@@ -154,7 +154,7 @@ def seed_runs(db_path: Path, runs: dict[str, int], trials_each: int = 2) -> None
 # -- schema and migration ----------------------------------------------------------------
 
 
-def test_new_database_has_the_design_schema_in_wal_mode(db_path: Path, store: Store) -> None:
+def test_new_database_has_the_layout_in_wal_mode(db_path: Path, store: Store) -> None:
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
     assert column_names(db_path, "tune_runs") == RUN_COLUMNS
     assert column_names(db_path, "tune_trials") == TRIAL_COLUMNS
@@ -170,13 +170,21 @@ def test_new_database_has_the_design_schema_in_wal_mode(db_path: Path, store: St
 # last line of defence for anyone else writing to the file.
 REFUSED_ROWS = {
     "trial without stage": "INSERT INTO tune_trials (ts_utc, run_id, model, target_context,"
-    " max_tokens, fits) VALUES ('t', 'r1', 'm', 1, 1, 1)",
+    " max_tokens, fits, outcome) VALUES ('t', 'r1', 'm', 1, 1, 1, 'fits')",
     "trial at stage 3": "INSERT INTO tune_trials (ts_utc, run_id, stage, model, target_context,"
-    " max_tokens, fits) VALUES ('t', 'r1', 3, 'm', 1, 1, 1)",
+    " max_tokens, fits, outcome) VALUES ('t', 'r1', 3, 'm', 1, 1, 1, 'fits')",
     "trial with kv_bits 7": "INSERT INTO tune_trials (ts_utc, run_id, stage, model,"
-    " target_context, max_tokens, fits, kv_bits) VALUES ('t', 'r1', 1, 'm', 1, 1, 1, 7)",
+    " target_context, max_tokens, fits, kv_bits, outcome)"
+    " VALUES ('t', 'r1', 1, 'm', 1, 1, 1, 7, 'fits')",
     "trial of an unknown run": "INSERT INTO tune_trials (ts_utc, run_id, stage, model,"
-    " target_context, max_tokens, fits) VALUES ('t', 'nope', 1, 'm', 1, 1, 1)",
+    " target_context, max_tokens, fits, outcome) VALUES ('t', 'nope', 1, 'm', 1, 1, 1, 'fits')",
+    "trial without outcome": "INSERT INTO tune_trials (ts_utc, run_id, stage, model,"
+    " target_context, max_tokens, fits) VALUES ('t', 'r1', 1, 'm', 1, 1, 1)",
+    "trial with an unknown outcome": "INSERT INTO tune_trials (ts_utc, run_id, stage, model,"
+    " target_context, max_tokens, fits, outcome) VALUES ('t', 'r1', 1, 'm', 1, 1, 0, 'maybe')",
+    "fits that its outcome denies": "INSERT INTO tune_trials (ts_utc, run_id, stage, model,"
+    " target_context, max_tokens, fits, outcome)"
+    " VALUES ('t', 'r1', 1, 'm', 1, 1, 1, 'load_failed')",
     "exit reason outside the enum": "UPDATE tune_runs SET ended_at_utc = 't',"
     " exit_reason = 'bogus' WHERE run_id = 'r1'",
     "end time without a reason": "UPDATE tune_runs SET ended_at_utc = 't' WHERE run_id = 'r1'",
@@ -239,7 +247,7 @@ def test_prototype_table_is_migrated_once_and_keeps_its_rows(
         ]
         assert [t.record.stage for t in trials] == [1, 1, 1]
         assert [t.record.notes for t in trials] == [f"prototype row {i}" for i in range(3)]
-        assert all(getattr(t.record, c) is None for t in trials for c in KNOB_COLUMNS)
+        assert all(getattr(t.record, f) is None for t in trials for f in KNOB_FIELDS)
         assert trials[0].record.ts == datetime(2024, 5, 1, 10, tzinfo=UTC)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from macprovider.actors.messages import Exited, Knobs, Loaded, LoadFailed
 from macprovider.actors.provider import ProviderProxy, port_is_free, start_provider_actor
-from macprovider.actors.warm_load import exited_reason, load_and_warm
+from macprovider.actors.warm_load import died_during_load, load_and_warm
 from tests.conftest import clean_env, free_port
 
 STANDIN_COMMAND = (sys.executable, str(Path(__file__).with_name("provider_standin.py")))
@@ -39,20 +39,34 @@ def start_provider(tmp_path: Path) -> Iterator[StartProvider]:
 
 
 @pytest.mark.parametrize(
-    ("exited", "reason"),
+    ("exited", "reason", "from_outside"),
     [
-        (Exited(65, "error: out of memory: 2 GB"), "(exit 65): error: out of memory: 2 GB"),
-        (Exited(-9, ""), "(killed by a signal): no output"),
+        (Exited(65, "error: out of memory: 2 GB"), "(exit 65): error: out of memory: 2 GB", False),
+        (Exited(-9, ""), "(killed by SIGKILL): no output", True),
+        (Exited(-15, "\n  \n"), "(killed by SIGTERM): no output", True),
         (
-            Exited(1, "Traceback (most recent\nValueError: bad"),
+            Exited(-6, "libc++abi: terminating"),
+            "(killed by SIGABRT): libc++abi: terminating",
+            False,
+        ),
+        (Exited(-200, "x"), "(killed by signal 200): x", False),
+        (Exited(None, ""), "(exit status unknown): no output", False),
+        (
+            Exited(1, "Traceback (most recent\n\nValueError: bad"),
             "(exit 1): Traceback (most recent | ValueError: bad",
+            False,
         ),
     ],
 )
-def test_a_death_during_load_is_one_notes_line(exited: Exited, reason: str) -> None:
-    text = exited_reason(exited)
+def test_a_death_during_load_is_one_notes_line(
+    exited: Exited, reason: str, from_outside: bool
+) -> None:
+    failed = died_during_load(exited)
+    text = failed.reason
     assert text.startswith("provider exited during load") and text.endswith(reason)
     assert "\n" not in text
+    assert failed.exited and failed.killed_from_outside is from_outside
+    assert exited.describe("while serving") == text.replace("during load", "while serving")
 
 
 def test_a_real_provider_loads_and_answers_the_disposable_request(

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from macprovider.actors.store import Store, StoredRun, StoredTrial
+from macprovider.actors.store import Store
+from macprovider.actors.store_records import StoredRun, StoredTrial
 from tests.conftest import clean_env, free_port, supervise_argv
 
 RUN_TIMEOUT = 240.0

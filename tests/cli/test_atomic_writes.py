@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from macprovider.actors.stop_signals import STOP, Interrupted
-from macprovider.actors.store import PendingApply, Store
+from macprovider.actors.store import Store
+from macprovider.actors.store_records import PendingApply
 from macprovider.cli import atomic_file
 from macprovider.cli.apply import apply_to_config
 from macprovider.cli.atomic_file import create_file, replace_file

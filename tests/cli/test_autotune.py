@@ -22,7 +22,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from macprovider.actors.exit_reasons import ExitReason
-from macprovider.actors.store import Store, StoredTrial
+from macprovider.actors.store import Store
+from macprovider.actors.store_records import StoredTrial
 from macprovider.cli.autotune_json import load_schema
 from macprovider.server.config import resolve_serve_config
 from tests.cli.autotune_runs import (
@@ -99,14 +100,14 @@ def test_a_larger_context_cell_can_win_and_stage2_rows_cover_the_axes(
     )  # fmt: skip
     assert done.code == 0, done.stderr
     stage2 = [row.record for row in done.trials(stage=2)]
-    assert [(row.kv_bits, row.max_batch, row.max_context_cap) for row in stage2] == [
+    assert [(row.kv_bits, row.max_batch, row.max_context) for row in stage2] == [
         (None, 1, 32),
         (None, 1, 64),
         (8, 1, 32),
         (8, 1, 64),
     ]
     [kept] = [row.record for row in done.trials(stage=2) if row.kept]
-    assert kept.max_context_cap == 64
+    assert kept.max_context == 64
     assert "--max-context 64" in done.stdout
 
 

@@ -22,7 +22,8 @@ from jsonschema import Draft202012Validator
 
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.recommendation import Recommendation, recipe_hash
-from macprovider.actors.store import KvBits, RunStart, StoredRun, StoredTrial, TrialRecord
+from macprovider.actors.store_records import KvBits, RunStart, StoredRun, StoredTrial, TrialRecord
+from macprovider.actors.trial_outcome import TrialOutcome
 from macprovider.actors.tuning import Cell
 from macprovider.cli.autotune_json import (
     SCHEMA_PACKAGE,
@@ -115,7 +116,9 @@ def stored_run(
     return StoredRun(start, ended, reason, document, recipe, applied=False)
 
 
-def stage1(trial_id: int, model: str, *, fits: bool, notes: str | None = None) -> StoredTrial:
+def stage1(
+    trial_id: int, model: str, *, outcome: TrialOutcome, notes: str | None = None
+) -> StoredTrial:
     record = TrialRecord(
         run_id="any",
         stage=1,
@@ -123,14 +126,20 @@ def stage1(trial_id: int, model: str, *, fits: bool, notes: str | None = None) -
         model=model,
         target_context=TARGET,
         max_tokens=64,
-        fits=fits,
+        outcome=outcome,
         notes=notes,
     )
     return StoredTrial(trial_id, kept=False, record=record)
 
 
 def stage2(
-    trial_id: int, model: str, cell: Cell, *, kept: bool = False, notes: str | None = None
+    trial_id: int,
+    model: str,
+    cell: Cell,
+    *,
+    kept: bool = False,
+    notes: str | None = None,
+    outcome: TrialOutcome = TrialOutcome.FITS,
 ) -> StoredTrial:
     record = TrialRecord(
         run_id="any",
@@ -139,12 +148,12 @@ def stage2(
         model=model,
         target_context=TARGET,
         max_tokens=64,
-        fits=notes is None,
+        outcome=outcome,
         agg_throughput_tps=None if notes else 41.5,
         ttft_p95_ms=None if notes else 812.0,
         notes=notes,
         kv_bits=cast(KvBits | None, cell.kv_bits),
-        max_context_cap=cell.max_context,
+        max_context=cell.max_context,
         max_batch=cell.max_batch,
         replicates_n=3,
     )
@@ -155,15 +164,22 @@ def report(run: StoredRun, *trials: StoredTrial) -> RunReport:
     return build_report(run, trials, SIZES, DB_PATH)
 
 
+CUT_OUTCOMES = {
+    "out of budget": TrialOutcome.OUT_OF_BUDGET,
+    "interrupted": TrialOutcome.INTERRUPTED,
+}
+
+
 def medium_chosen(cut: str | None, winning: Cell) -> tuple[StoredTrial, ...]:
     """Large does not fit, medium does; Stage 2 keeps `winning`, a later cell may be cut."""
     trials = [
-        stage1(1, LARGE, fits=False, notes=OOM),
-        stage1(2, MEDIUM, fits=True),
+        stage1(1, LARGE, outcome=TrialOutcome.LOAD_FAILED, notes=OOM),
+        stage1(2, MEDIUM, outcome=TrialOutcome.FITS),
         stage2(3, MEDIUM, winning, kept=True),
     ]
     if cut is not None:
-        trials.append(stage2(4, MEDIUM, Cell(8, 2, 2064), notes=cut))
+        outcome = CUT_OUTCOMES[cut]
+        trials.append(stage2(4, MEDIUM, Cell(8, 2, 2064), notes=cut, outcome=outcome))
     return tuple(trials)
 
 
@@ -186,8 +202,8 @@ def interrupted_partial_run() -> RunReport:
 def interrupted_in_stage1_run() -> RunReport:
     run = stored_run(run_start("ctrl-c-stage1"), ExitReason.INTERRUPTED)
     trials = (
-        stage1(1, LARGE, fits=False, notes=OOM),
-        stage1(2, MEDIUM, fits=False, notes="interrupted"),
+        stage1(1, LARGE, outcome=TrialOutcome.LOAD_FAILED, notes=OOM),
+        stage1(2, MEDIUM, outcome=TrialOutcome.INTERRUPTED, notes="interrupted"),
     )
     return report(run, *trials)
 
@@ -196,16 +212,18 @@ def no_feasible_run() -> RunReport:
     run = stored_run(run_start("none-fit"), ExitReason.NO_FEASIBLE)
     return report(
         run,
-        stage1(1, LARGE, fits=False, notes=OOM),
-        stage1(2, MEDIUM, fits=False, notes=TOO_SLOW),
-        stage1(3, SMALL, fits=False, notes=TRANSIENT),
+        stage1(1, LARGE, outcome=TrialOutcome.LOAD_FAILED, notes=OOM),
+        stage1(2, MEDIUM, outcome=TrialOutcome.OVER_TTFT_GATE, notes=TOO_SLOW),
+        stage1(3, SMALL, outcome=TrialOutcome.PREWARM_FAILED, notes=TRANSIENT),
     )
 
 
 def integrity_failure_run() -> RunReport:
     run = stored_run(run_start("damaged"), ExitReason.PRE_WARM_INTEGRITY_FAILURE)
     return report(
-        run, stage1(1, LARGE, fits=False, notes=OOM), stage1(2, MEDIUM, fits=False, notes=DAMAGED)
+        run,
+        stage1(1, LARGE, outcome=TrialOutcome.LOAD_FAILED, notes=OOM),
+        stage1(2, MEDIUM, outcome=TrialOutcome.INTEGRITY_FAILURE, notes=DAMAGED),
     )
 
 
@@ -396,7 +414,7 @@ def test_dumps_is_stable_indented_with_one_trailing_newline() -> None:
 def test_dumps_escapes_non_ascii_and_round_trips() -> None:
     model = "örg/Llama-🦙-日本語-3B"
     run = stored_run(run_start("utf", (model,)), ExitReason.OK, winner(model, UNSET_CELL))
-    doc = run_document(report(run, stage1(1, model, fits=True)))
+    doc = run_document(report(run, stage1(1, model, outcome=TrialOutcome.FITS)))
     text = dumps_document(doc)
     assert text.isascii()
     assert json.loads(text)["recommendation"]["model"] == model

@@ -27,7 +27,8 @@ import psutil
 import pytest
 
 from macprovider.actors.exit_reasons import ExitReason
-from macprovider.actors.store import BUSY_TIMEOUT_S, Store, StoredRun, StoredTrial
+from macprovider.actors.store import BUSY_TIMEOUT_S, Store
+from macprovider.actors.store_records import StoredRun, StoredTrial
 from tests.cli.autotune_runs import ONE_CELL, QUICK, RUN_TIMEOUT, Autotune, Finished, Models
 from tests.conftest import clean_env, free_port, model_variant, supervise_argv, wait_until
 

@@ -15,7 +15,8 @@ import pytest
 
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.recommendation import Recommendation
-from macprovider.actors.store import KvBits, RunStart, StoredRun, StoredTrial, TrialRecord
+from macprovider.actors.store_records import KvBits, RunStart, StoredRun, StoredTrial, TrialRecord
+from macprovider.actors.trial_outcome import TrialOutcome
 from macprovider.actors.tuning import Cell
 from macprovider.cli import report_chart
 from macprovider.cli.errors import ReportHtmlError
@@ -52,7 +53,14 @@ def run_start(candidates: Sequence[str] = CANDIDATES) -> RunStart:
     )
 
 
-def stage1(model: str, fits: bool, notes: str | None = None) -> TrialRecord:
+def _outcome(fits: bool) -> TrialOutcome:
+    """These pages' rows fit or are infeasible: none was cut short."""
+    return TrialOutcome.FITS if fits else TrialOutcome.MEASURE_FAILED
+
+
+def stage1(
+    model: str, fits: bool, notes: str | None = None, outcome: TrialOutcome | None = None
+) -> TrialRecord:
     return TrialRecord(
         run_id="run-0001",
         stage=1,
@@ -60,7 +68,7 @@ def stage1(model: str, fits: bool, notes: str | None = None) -> TrialRecord:
         model=model,
         target_context=TARGET,
         max_tokens=64,
-        fits=fits,
+        outcome=outcome or _outcome(fits),
         agg_throughput_tps=31.5 if fits else None,
         ttft_p95_ms=1830.0 if fits else None,
         n_err=0 if fits else 1,
@@ -86,13 +94,13 @@ def stage2(
         model=model,
         target_context=TARGET,
         max_tokens=64,
-        fits=fits,
+        outcome=_outcome(fits),
         agg_throughput_tps=tps,
         ttft_p95_ms=ttft,
         n_err=0 if fits else 1,
         notes=notes,
         kv_bits=kv_bits,
-        max_context_cap=TARGET,
+        max_context=TARGET,
         max_batch=batch,
         replicates_n=3,
     )
@@ -115,9 +123,9 @@ class RunSpec:
         recommendation = None
         if self.kept is not None:
             winner = self.records[self.kept]
-            assert winner.max_batch is not None and winner.max_context_cap is not None
+            assert winner.max_batch is not None and winner.max_context is not None
             assert winner.agg_throughput_tps is not None and winner.ttft_p95_ms is not None
-            cell = Cell(winner.kv_bits, winner.max_batch, winner.max_context_cap)
+            cell = Cell(winner.kv_bits, winner.max_batch, winner.max_context)
             rec = Recommendation(
                 winner.model,
                 TARGET,
@@ -158,7 +166,7 @@ def ok_run() -> RunSpec:
         stage2(8, 2, 53.4, 2510.0),
         stage2(8, 2, None, None, fits=False, notes="provider exited during load"),
     ]
-    cells[-1] = replace(cells[-1], max_context_cap=4096)
+    cells[-1] = replace(cells[-1], max_context=4096)
     return RunSpec(ExitReason.OK, stage1_choosing_mid() + cells, kept=7)
 
 
@@ -294,7 +302,7 @@ def test_ok_run_chart_caption_names_the_shared_knob() -> None:
 
 
 def test_labels_keep_the_knobs_that_differ() -> None:
-    cells = [stage2(8, 1, 30.0, 1800.0), replace(stage2(8, 1, 28.0, 2400.0), max_context_cap=4096)]
+    cells = [stage2(8, 1, 30.0, 1800.0), replace(stage2(8, 1, 28.0, 2400.0), max_context=4096)]
     page = render_html(RunSpec(ExitReason.OK, [*stage1_choosing_mid(), *cells], kept=2).report())
     labels = {e.text for e in svg_of(page).iter(f"{SVG_NS}text") if e.get("class") == "label"}
     assert labels == {"c4096"}
@@ -378,7 +386,10 @@ def test_no_feasible_lists_the_infeasible_smallest_first() -> None:
 def test_integrity_failure_shows_the_problem() -> None:
     note = "pre-warm integrity failure: config.json missing"
     page = render_html(
-        RunSpec(ExitReason.PRE_WARM_INTEGRITY_FAILURE, [stage1(BIG, False, note)]).report()
+        RunSpec(
+            ExitReason.PRE_WARM_INTEGRITY_FAILURE,
+            [stage1(BIG, False, note, TrialOutcome.INTEGRITY_FAILURE)],
+        ).report()
     )
     assert f'<p class="problem">{note}</p>' in page
     assert "infeasible" not in Page(page).tables  # an aborted run is no "does not fit" verdict

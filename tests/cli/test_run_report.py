@@ -11,7 +11,9 @@ import pytest
 
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.recommendation import Infeasible, Recommendation
-from macprovider.actors.store import RunStart, Store, StoredRun, StoredTrial, TrialRecord
+from macprovider.actors.store import Store
+from macprovider.actors.store_records import RunStart, StoredRun, StoredTrial, TrialRecord
+from macprovider.actors.trial_outcome import TrialOutcome
 from macprovider.actors.tuning import Cell
 from macprovider.cli.apply import config_path
 from macprovider.cli.autotune import default_db_path
@@ -51,14 +53,17 @@ def stored(
     return StoredRun(start(**kw), ended, reason, document, None, False)  # type: ignore[arg-type]
 
 
-def stage1(trial_id: int, model: str, fits: bool, notes: str | None) -> StoredTrial:
-    record = TrialRecord("r1", 1, T0, model, 2000, 48, fits, notes=notes)
+def stage1(trial_id: int, model: str, outcome: TrialOutcome, notes: str | None) -> StoredTrial:
+    record = TrialRecord("r1", 1, T0, model, 2000, 48, outcome, notes=notes)
     return StoredTrial(trial_id, False, record)
 
 
+FITS, LOAD_FAILED = TrialOutcome.FITS, TrialOutcome.LOAD_FAILED
+
+
 def test_an_ok_run_recommends_with_the_smaller_unprobed_alternates() -> None:
-    trials = [stage1(1, BIG, False, "provider exited during load: out of memory"),
-              stage1(2, MID, True, "load 1.20 s")]  # fmt: skip
+    trials = [stage1(1, BIG, LOAD_FAILED, "provider exited during load: out of memory"),
+              stage1(2, MID, FITS, "load 1.20 s")]  # fmt: skip
     report = build_report(stored(ExitReason.OK, REC), trials, SIZES, Path("db"))
     assert report.recommendation == REC
     assert report.alternates == (SMALL, TINY)
@@ -77,14 +82,22 @@ def test_a_recommendation_of_a_run_that_did_not_end_ok_is_partial() -> None:
 
 def test_infeasible_verdicts_only_smallest_first() -> None:
     trials = [
-        stage1(1, BIG, False, "TTFT p95 90000 ms exceeds the gate 60000 ms"),
-        stage1(2, MID, False, "interrupted"),  # cut short: no verdict
-        stage1(3, SMALL, False, "out of budget"),
-        stage1(4, TINY, False, "HTTP 500: boom"),
-        stage1(5, "org/unknown-size", False, "HTTP 500: boom"),
+        stage1(1, BIG, TrialOutcome.OVER_TTFT_GATE, "TTFT p95 90000 ms exceeds the gate 60000 ms"),
+        stage1(2, MID, TrialOutcome.INTERRUPTED, "interrupted"),  # cut short: no verdict
+        stage1(3, SMALL, TrialOutcome.OUT_OF_BUDGET, "out of budget"),
+        stage1(4, TINY, TrialOutcome.MEASURE_FAILED, "HTTP 500: boom"),
+        stage1(5, "org/unknown-size", TrialOutcome.MEASURE_FAILED, "HTTP 500: boom"),
+        # Killed from outside: nothing is known about whether it fits.
+        stage1(
+            6,
+            "org/killed",
+            TrialOutcome.PROVIDER_KILLED,
+            "provider exited during load (killed by SIGKILL): no output",
+        ),
+        stage1(7, "org/crashed", TrialOutcome.INTERNAL_ERROR, "Traceback (most recent call"),
     ]
     run = replace(stored(ExitReason.NO_FEASIBLE), start=replace(start(), candidate_models=(
-        BIG, MID, SMALL, TINY, "org/unknown-size")))  # fmt: skip
+        BIG, MID, SMALL, TINY, "org/unknown-size", "org/killed", "org/crashed")))  # fmt: skip
     report = build_report(run, trials, SIZES, Path("db"))
     assert [(row.model, row.rank) for row in report.infeasible] == [
         (TINY, 4),
@@ -99,7 +112,8 @@ def test_infeasible_verdicts_only_smallest_first() -> None:
 def test_an_integrity_abort_shows_its_problem_and_lists_no_verdict() -> None:
     notes = "pre-warm integrity failure: org/big: tokenizer.json: missing"
     run = stored(ExitReason.PRE_WARM_INTEGRITY_FAILURE)
-    report = build_report(run, [stage1(1, BIG, False, notes)], SIZES, Path("db"))
+    trials = [stage1(1, BIG, TrialOutcome.INTEGRITY_FAILURE, notes)]
+    report = build_report(run, trials, SIZES, Path("db"))
     assert report.infeasible == ()
     assert report.problem() == notes and notes in render_report(report)
 
