@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from macprovider.actors.store_records import StoredTrial, TrialRecord
-from macprovider.server.knobs import KV_BITS, MAX_BATCH, MAX_CONTEXT, TUNED_KNOBS, KnobSpec
+from macprovider.server.knobs import TUNED_KNOBS, KnobSpec
 
 __all__ = [
     "Point",
@@ -51,13 +51,9 @@ class Point:
 
 
 def record_knobs(record: TrialRecord) -> list[tuple[KnobSpec[Any], Any]]:
-    """A trial's tuned knobs and their values, in `TUNED_KNOBS` order."""
-    values = {
-        KV_BITS: record.kv_bits,
-        MAX_BATCH: record.max_batch,
-        MAX_CONTEXT: record.max_context,
-    }
-    return [(spec, values[spec]) for spec in TUNED_KNOBS]
+    """A trial's tuned knobs and their values, in `TUNED_KNOBS` order (a TrialRecord's knob
+    fields carry the knobs' names)."""
+    return [(spec, getattr(record, spec.name)) for spec in TUNED_KNOBS]
 
 
 def knob_text(spec: KnobSpec[Any], value: object, default: str) -> str:

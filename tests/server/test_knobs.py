@@ -12,6 +12,7 @@ import pytest
 
 from macprovider.actors._schema import TRIALS
 from macprovider.actors.messages import Knobs
+from macprovider.actors.store_records import TrialRecord
 from macprovider.actors.tuning import Cell
 from macprovider.server.config import ServeConfig
 from macprovider.server.knobs import KNOBS, KV_BITS, TUNED_KNOBS, KnobSpec, serve_flags
@@ -63,6 +64,7 @@ def test_a_knobs_value_is_held_in_a_field_named_after_it() -> None:
     # it; serve_flags turns exactly its fields into flags.
     assert {field.name for field in fields(Knobs)} == knob_names - {"model", "port", "api_key"}
     assert [field.name for field in fields(Cell)] == [spec.name for spec in TUNED_KNOBS]
+    assert {spec.name for spec in TUNED_KNOBS} <= {field.name for field in fields(TrialRecord)}
 
 
 # (knob, value): every value a flag may carry reads back the same through its knob's parser.
