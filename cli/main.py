@@ -383,7 +383,8 @@ def report(
 ) -> int:
     """Print an autotune run from the database again; nothing is started.
 
-    Exit codes: 0 shown, 66 no database or no such run, 73 the HTML file cannot be written.
+    Exit codes: 0 shown, 66 no database, no such run or an older database (the next autotune
+    upgrades it: report never writes), 73 the HTML file cannot be written.
     """
     from macprovider.cli.autotune import default_db_path
     from macprovider.cli.autotune_command import Output, emit

@@ -7,6 +7,7 @@ Takes serve's argv shape (`--no-join --port P --model M [--kv-bits B] [--max-con
 - `STANDIN_MODE`:
   `ok`                  503 while "loading", then 200
   `exit-during-load`    an "out of memory" line among config lines, exit 1, never listens
+  `killed-during-load`  SIGKILLs itself while "loading", as a kill from outside would
   `never-ready`         503 forever
   `die-after-first-200` one 200, then exit 3
   `ignore-sigterm`      like `ok`, but SIGTERM is ignored
@@ -33,6 +34,7 @@ from typing import Any
 MODES = (
     "ok",
     "exit-during-load",
+    "killed-during-load",
     "never-ready",
     "die-after-first-200",
     "ignore-sigterm",
@@ -141,6 +143,9 @@ def main(argv: list[str]) -> int:
         say("config: releasing buffers")
         say("config: bye")
         return 1
+    if mode == "killed-during-load":
+        time.sleep(load_delay)
+        os.kill(os.getpid(), signal.SIGKILL)
     if mode == "ignore-sigterm":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:

@@ -200,6 +200,19 @@ def test_schema_refuses_rows_that_break_its_rules(db_path: Path, store: Store, s
             conn.execute(sql)
 
 
+def test_schema_takes_a_trial_that_keeps_every_rule(db_path: Path, store: Store) -> None:
+    """The control for REFUSED_ROWS: each of those breaks one rule, not another one too."""
+    store.begin_run(make_run("r1"))
+    execute(
+        db_path,
+        "INSERT INTO tune_trials (ts_utc, run_id, stage, model, target_context, max_tokens,"
+        " fits, kv_bits, outcome)"
+        " VALUES ('2025-01-01T00:00:00', 'r1', 1, 'm', 1, 1, 0, 8, 'load_failed')",
+    )
+    [trial] = store.trials("r1")
+    assert (trial.record.outcome, trial.record.fits) == (TrialOutcome.LOAD_FAILED, False)
+
+
 PROTOTYPE_LAYOUTS = {
     "lacks stage only": [c for c in TRIAL_COLUMNS if c != "stage"],
     "lacks stage and the knob columns": [
@@ -259,6 +272,54 @@ def test_migrated_database_takes_new_runs_with_explicit_stages(db_path: Path) ->
         assert [t.record.stage for t in migrated.trials("new")] == [2]
         # Prototype trials belong to no run row: retention has no run to age them out by.
         assert len(migrated.trials("proto")) == 2
+
+
+# (fits, notes) of a row written before the outcome column → the outcome it gets, once.
+LEGACY_ROWS = {
+    "fits": ((1, "load 1.20 s"), "fits"),
+    "Ctrl-C": ((0, "interrupted"), "interrupted"),
+    "out of budget": ((0, "out of budget"), "out_of_budget"),
+    "damaged files": (
+        (0, "pre-warm integrity failure: m: config.json: missing"),
+        "integrity_failure",
+    ),
+    "killed during load": (
+        (0, "provider exited during load (killed by a signal): no output"),
+        "provider_killed",
+    ),
+    "died loading": ((0, "provider exited during load (exit 1): out of memory"), "load_failed"),
+    "not ready": ((0, "provider not ready within 2 s"), "load_failed"),
+    "pre-warm failed": ((0, "pre-warm transient: HTTP 503"), "prewarm_failed"),
+    "no probe prompt": ((0, "no probe prompt: OSError: x"), "prewarm_failed"),
+    "over the gate": ((0, "TTFT p95 90000 ms exceeds the gate 60000 ms"), "over_ttft_gate"),
+    "a bug": ((0, "Traceback (most recent call last):\n  boom"), "internal_error"),
+    "anything else that failed": ((0, "HTTP 500: boom"), "measure_failed"),
+    "no notes": ((0, None), "measure_failed"),
+}
+
+
+def test_rows_before_the_outcome_column_get_theirs_from_their_notes_once(db_path: Path) -> None:
+    columns = [c for c in TRIAL_COLUMNS if c != "outcome"]
+    create_prototype(db_path, columns, rows=0)
+    for fits, notes in (row for row, _ in LEGACY_ROWS.values()):
+        execute(
+            db_path,
+            "INSERT INTO tune_trials (ts_utc, run_id, stage, model, target_context, max_tokens,"
+            " fits, notes) VALUES ('2025-01-01T00:00:00', 'old', 1, 'm', 1, 1, ?, ?)",
+            fits,
+            notes,
+        )
+    expected = [TrialOutcome(outcome) for _, outcome in LEGACY_ROWS.values()]
+    with closing(Store(db_path)) as migrated:
+        assert [t.record.outcome for t in migrated.trials("old")] == expected
+    assert column_names(db_path, "tune_trials") == TRIAL_COLUMNS
+    assert [TrialOutcome(row[0]) for row in query(db_path, "SELECT outcome FROM tune_trials")] == (
+        expected
+    )
+    # Once: a stored outcome is never derived again, whatever the notes say.
+    execute(db_path, "UPDATE tune_trials SET notes = 'interrupted'")
+    with closing(Store(db_path)) as reopened:
+        assert [t.record.outcome for t in reopened.trials("old")] == expected
 
 
 def test_table_lacking_an_unknown_column_is_refused_untouched(db_path: Path) -> None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import subprocess
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +23,9 @@ from macprovider.cli.apply import config_path
 from macprovider.cli.autotune import default_db_path
 from macprovider.cli.autotune_render import render_comparison, render_report
 from macprovider.cli.errors import ReportError
+from macprovider.cli.exits import EX_NOINPUT
 from macprovider.cli.run_report import build_report, load_report, previous_comparable
+from tests.conftest import clean_env, supervise_argv
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 BIG, MID, SMALL, TINY = "org/big", "org/mid", "org/small", "org/tiny"
@@ -186,3 +192,31 @@ def test_the_database_sits_beside_the_config_serve_reads(
 ) -> None:
     assert default_db_path(env) == Path(expected)
     assert config_path(None, env).parent == Path(expected).parent
+
+
+def report_command(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = supervise_argv("report", "--db-path", str(db), *args)
+    return subprocess.run(argv, capture_output=True, text=True, env=clean_env(), timeout=60)
+
+
+def test_report_leaves_the_database_bytes_and_mtime_as_they_were(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    _store_runs(db, [(start("old"), REC), (start("new", minutes=1), REC)])
+    before = db.read_bytes(), os.stat(db).st_mtime_ns
+    for args in [(), ("--json",), ("--compare",), ("--run", "old")]:
+        shown = report_command(db, *args)
+        assert shown.returncode == 0, shown.stderr
+    assert (db.read_bytes(), os.stat(db).st_mtime_ns) == before
+
+
+def test_report_on_an_older_layout_says_so_in_one_line_and_exits_66(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    _store_runs(db, [(start("old"), REC)])
+    with closing(sqlite3.connect(db)) as conn:  # as a database from before the outcome column
+        conn.execute("ALTER TABLE tune_trials DROP COLUMN outcome")
+    before = db.read_bytes(), os.stat(db).st_mtime_ns
+    shown = report_command(db)
+    assert shown.returncode == EX_NOINPUT == 66
+    assert shown.stdout == "" and len(shown.stderr.strip().splitlines()) == 1
+    assert "older macprovider" in shown.stderr and "tune_trials.outcome" in shown.stderr
+    assert (db.read_bytes(), os.stat(db).st_mtime_ns) == before
