@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants
 
 from macprovider.server.errors import ModelNotFoundError
 from macprovider.server.models import (
@@ -18,31 +17,21 @@ from macprovider.server.models import (
     resolve_model_path,
     weight_files,
 )
-
-REVISION = "0123456789abcdef0123456789abcdef01234567"
+from tests.model_files import hf_cache_repo, offline_hf_cache
 
 
 @pytest.fixture(autouse=True)
 def hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Offline, with an empty HF cache of the test's own."""
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
+    return offline_hf_cache(monkeypatch, tmp_path)
 
 
 def cached_snapshot(cache: Path, repo_id: str, files: dict[str, bytes]) -> Path:
-    """A snapshot laid out as huggingface_hub does (refs/main naming the snapshot's commit)."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / REVISION
-    snapshot.mkdir(parents=True)
+    """A repo of `files` in the HF cache; returns its snapshot folder."""
+    source = cache.parent / "source" / repo_id
+    source.mkdir(parents=True)
     for name, content in files.items():
-        (snapshot / name).write_bytes(content)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REVISION)
-    return snapshot
+        (source / name).write_bytes(content)
+    return hf_cache_repo(cache, repo_id, source)
 
 
 @pytest.mark.parametrize(
