@@ -289,6 +289,20 @@ def test_guard_cannot_estimate_unreadable_weights(tmp_path: Path, fixtures_dir: 
         check_memory_budget(config, broken)
 
 
+def test_a_garbage_header_cannot_be_estimated_and_exits_65(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    # The reference reader (safe_open) refuses it with a SafetensorError.
+    garbage = struct.pack("<Q", 8) + b"{garbage"
+    broken = model_variant(
+        fixtures_dir / "tiny", tmp_path / "broken", {"model.safetensors": garbage}
+    )
+    config = serve_config(tmp_path, memory_limit_gb="1")
+    with pytest.raises(ModelLoadError, match=r"deserializing header") as failure:
+        check_memory_budget(config, broken)
+    assert exit_code_for(failure.value) == 65
+
+
 def test_memory_budget_exceeded_exits_65() -> None:
     assert exit_code_for(MemoryBudgetExceeded("out of memory: x")) == 65
 
