@@ -21,7 +21,8 @@ SPEC_VERSION = "0.4"
 @dataclass(frozen=True)
 class Machine:
     # Total RAM in GB of 10^9 bytes, the unit of --memory-limit-gb, rounded to 0.01 GB: a
-    # 24 GiB Mac has 25.77 GB. Rounded because the value is hashed into the recipe.
+    # 24 GiB Mac has 25.77 GB (0.1 would print a 16 GiB Mac as 17.2, not the 17.18 an operator
+    # compares a limit with). The recipe hash takes this rounded value.
     ram_gb: float
     chip: str
     os_version: str
