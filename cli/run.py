@@ -1,4 +1,5 @@
-"""`macprovider-supervise run`: keep the configured provider alive under the Supervisor.
+"""`macprovider-supervise run`'s inputs: the configured provider to keep alive, resolved
+from the options; the tree that keeps it alive is `actors/trees.py`'s.
 
 `run` takes every option `serve` takes and resolves them with serve's resolver, once per
 (re)load. The provider then gets each resolved knob as a flag (`--host`, `--max-queue`, ...),
@@ -15,16 +16,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import psutil
-import pykka
 
-from macprovider.actors.keeper import KeeperProxy, Target, start_keeper
+from macprovider.actors.keeper import Target
 from macprovider.actors.messages import Knobs, RunOutcome
-from macprovider.actors.provider import ProcessGroups, ProviderProxy, start_provider_actor
-from macprovider.actors.runtime import supervise
-from macprovider.actors.supervisor import ChildSpec, SupervisorProxy
+from macprovider.actors.trees import keep_running
 from macprovider.server import places
 from macprovider.server.config import CONFIG_OPTION, KNOBS, resolve_serve_config
 from macprovider.server.models import resolve_model_path
@@ -44,42 +41,27 @@ def load_target(knobs: Mapping[str, str | None]) -> Target:
     return Target(config.model, config.port, resolved, config.config_path, config.api_key)
 
 
-def run_provider(knobs: Mapping[str, str | None], state_dir: Path) -> RunOutcome:
-    """Resolves the config (errors raise before anything starts), then supervises."""
-    first = load_target(knobs)
+def _provider_env(knobs: Mapping[str, str | None], first: Target) -> dict[str, str]:
+    """The providers' environment: this one, plus what the command line decided that a
+    flag cannot carry."""
+    env = dict(os.environ)
     # The provider still reads the config file itself, for what only the file holds.
-    child_env = dict(os.environ)
     if first.config_path.exists():
-        child_env[CONFIG_OPTION.env] = str(first.config_path)
+        env[CONFIG_OPTION.env] = str(first.config_path)
     # A knob this command line sets to `unset` has no flag to forward (None is omitted), yet
     # must still outrank the environment and the file for the provider, as it did here.
-    child_env.update(
+    env.update(
         {
             spec.env: raw
             for spec in KNOBS
             if (raw := knobs.get(spec.name)) is not None and spec.from_text(raw) is None
         }
     )
-    groups = ProcessGroups()
-    actors: dict[str, Any] = {}
+    return env
 
-    def provider_child(_: SupervisorProxy) -> pykka.ActorRef[Any]:
-        proxy: ProviderProxy = start_provider_actor(state_dir, env=child_env, groups=groups)
-        actors["provider"] = proxy
-        return proxy.actor_ref
 
-    def keeper_child(supervisor: SupervisorProxy) -> pykka.ActorRef[Any]:
-        targets = iter([first])  # the first target is known good; later ones are reloads
-        proxy = start_keeper(
-            actors["provider"], supervisor, lambda: next(targets, None) or load_target(knobs)
-        )
-        actors["keeper"] = proxy
-        return proxy.actor_ref
-
-    def reload() -> None:
-        keeper: KeeperProxy | None = actors.get("keeper")
-        if keeper is not None:
-            keeper.reload()
-
-    children = [ChildSpec("provider", provider_child), ChildSpec("keeper", keeper_child)]
-    return supervise(children, groups, on_reload=reload)
+def run_provider(knobs: Mapping[str, str | None], state_dir: Path) -> RunOutcome:
+    """Resolves the config (errors raise before anything starts), then supervises the `run`
+    tree (`actors/trees.py`) until it ends."""
+    first = load_target(knobs)
+    return keep_running(first, lambda: load_target(knobs), state_dir, _provider_env(knobs, first))
