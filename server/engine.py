@@ -2,16 +2,16 @@
 
 One loop, as in mlx-lm's `generate.py`: take commands (submit, cancel,
 stop), admit waiting jobs while batch slots are free, run one step of
-mlx-lm's continuous-batching `BatchGenerator`, turn its tokens into text
-events. HTTP handlers never touch MLX: they `submit`/`cancel` through a
-thread-safe queue and receive events through the `emit` callback, called
-once per step with every job's events of that step.
+mlx-lm's continuous-batching `BatchGenerator` (with our whole-batch sampling
+step, `batch_generator`), turn its tokens into text events. HTTP handlers
+never touch MLX: they `submit`/`cancel` through a thread-safe queue and
+receive events through the `emit` callback, called once per step with every
+job's events of that step.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
-from mlx_lm.generate import BatchGenerator
-from mlx_lm.sample_utils import apply_top_p, make_logits_processors
 from mlx_lm.utils import load
 
 from macprovider.server.batch_cache import GROUP_SIZE, MergeableQuantizedKVCache
+from macprovider.server.batch_generator import BatchStepGenerator
+from macprovider.server.batch_sampling import SamplingParams
 from macprovider.server.errors import ModelLoadError
 from macprovider.server.metrics import Metrics
 from macprovider.server.stops import StopStringFilter
@@ -39,19 +38,11 @@ _KV_BYTES_EVERY = 16
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    logit_bias: tuple[tuple[int, float], ...] = ()
-
-
-@dataclass(frozen=True)
 class Job:
     job_id: int
     prompt_tokens: list[int]
     max_tokens: int
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
     received_at: float = field(default_factory=time.perf_counter)
 
@@ -106,25 +97,6 @@ class _Slot:
     generated: int = 0
 
 
-def make_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array] | None:
-    """None means greedy: the generator's shared sampler, so greedy rows sample in one call."""
-    if params.temperature <= 0:
-        return None
-    seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
-    key = mx.random.key(seed)
-    scale = 1.0 / params.temperature
-
-    def sample(logprobs: mx.array) -> mx.array:
-        # A key per request keeps `seed` reproducible whoever else shares the batch.
-        nonlocal key
-        key, step_key = mx.random.split(key)
-        if params.top_p < 1.0:
-            logprobs = apply_top_p(logprobs, params.top_p)
-        return mx.random.categorical(logprobs * scale, key=step_key)
-
-    return sample
-
-
 class Engine:
     def __init__(
         self,
@@ -149,7 +121,7 @@ class Engine:
         self.model: Any = None
         self._waiting: deque[Job] = deque()
         self._active: dict[int, _Slot] = {}
-        self._generator: BatchGenerator | None = None
+        self._generator: BatchStepGenerator | None = None
         self._steps = 0
 
     # -- called from any thread -------------------------------------------------
@@ -194,8 +166,8 @@ class Engine:
         self._metrics.kv_cache_bits.set(self.kv_bits or 0)
         self._metrics.model_loaded.set(1)
 
-    def _new_generator(self) -> BatchGenerator:
-        return BatchGenerator(
+    def _new_generator(self) -> BatchStepGenerator:
+        return BatchStepGenerator(
             self.model,
             stop_tokens=[[t] for t in sorted(self.tokenizer.eos_token_ids)],
             completion_batch_size=self.max_batch,
@@ -247,8 +219,7 @@ class Engine:
                 [job.prompt_tokens],
                 max_tokens=[job.max_tokens],
                 caches=caches,
-                samplers=[make_sampler(job.sampling)],
-                logits_processors=[make_logits_processors(dict(job.sampling.logit_bias))],
+                samplers=[job.sampling],
             )
             self._active[uid] = _Slot(job, self.tokenizer.detokenizer, StopStringFilter(job.stop))
             self._metrics.prompt_tokens.inc(len(job.prompt_tokens))

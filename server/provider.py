@@ -20,8 +20,9 @@ from typing import Any
 import trio
 
 from macprovider.server.api import DEFAULT_MAX_TOKENS, GenerationParams
+from macprovider.server.batch_sampling import SamplingParams
 from macprovider.server.config import ServeConfig
-from macprovider.server.engine import Engine, Event, Job, JobFailed, JobFinished, SamplingParams
+from macprovider.server.engine import Engine, Event, Job, JobFailed, JobFinished
 from macprovider.server.errors import (
     EngineDied,
     ModelLoadError,

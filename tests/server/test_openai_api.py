@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from mlx_lm.generate import BatchGenerator
 from mlx_lm.utils import load
 from openai.types.chat import ChatCompletionMessageParam
 
-from macprovider.server.engine import SamplingParams, make_sampler
+from macprovider.server.batch_generator import BatchStepGenerator
+from macprovider.server.batch_sampling import SamplingParams
 from tests.conftest import ServerProcess, StartServer, model_variant
 
 CHAT: list[ChatCompletionMessageParam] = [
@@ -146,14 +146,15 @@ def sampled_tokens(model_dir: Path, prompt: list[int], count: int) -> list[int]:
     server process draws the same tokens.
     """
     model, tokenizer = load(str(model_dir))
-    generator = BatchGenerator(
+    generator = BatchStepGenerator(
         model,
         stop_tokens=[[t] for t in sorted(tokenizer.eos_token_ids)],
         completion_batch_size=1,
         prefill_batch_size=1,
     )
-    sampler = make_sampler(SamplingParams(temperature=1.0, seed=SEED))
-    generator.insert([prompt], max_tokens=[count], samplers=[sampler])
+    generator.insert(
+        [prompt], max_tokens=[count], samplers=[SamplingParams(temperature=1.0, seed=SEED)]
+    )
     tokens: list[int] = []
     while len(tokens) < count:
         tokens += [r.token for r in generator.next_generated()]
