@@ -24,6 +24,7 @@ from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.messages import RestoreReport
 from macprovider.actors.stop_signals import Interrupted
 from macprovider.actors.store import PendingApply, Store
+from macprovider.actors.trees import AutotuneJob, TuneResult, tune
 from macprovider.actors.tuner import TuneListener
 from macprovider.cli.apply import (
     Applied,
@@ -33,13 +34,7 @@ from macprovider.cli.apply import (
     owned_values,
     restart_hint,
 )
-from macprovider.cli.autotune import (
-    AutotuneRun,
-    TuneResult,
-    default_db_path,
-    settings_from_options,
-    tune,
-)
+from macprovider.cli.autotune import autotune_job, default_db_path, settings_from_options
 from macprovider.cli.autotune_render import (
     render_comparison,
     render_plan,
@@ -98,7 +93,7 @@ def autotune_command(
         _report_only(db, output, apply_to)
         return 0
     state = state_dir or default_state_dir(os.environ)
-    job = AutotuneRun(settings, db, retain_runs, state, restart_foreground)
+    job = autotune_job(settings, db, retain_runs, state, restart_foreground)
     return _tune_and_print(job, output, apply_to)
 
 
@@ -111,7 +106,7 @@ def _report_only(db: Path, output: Output, apply_to: ApplyTo | None) -> None:
             _print_applied(applied, output, restarted=False)
 
 
-def _tune_and_print(job: AutotuneRun, output: Output, apply_to: ApplyTo | None) -> int:
+def _tune_and_print(job: AutotuneJob, output: Output, apply_to: ApplyTo | None) -> int:
     applied: list[Applied | None] = []
 
     def before_restore(run_id: str) -> None:
@@ -120,7 +115,7 @@ def _tune_and_print(job: AutotuneRun, output: Output, apply_to: ApplyTo | None) 
 
     started = time.monotonic()
     with _progress(job.settings.max_duration_s, output) as listener:
-        result = tune(job, listener, before_restore)
+        result = tune(job, listener=listener, before_restore=before_restore)
     wall_s = time.monotonic() - started
     code = _finish(result, job.db_path, output, wall_s, applied[0] if applied else None)
     error = result.before_restore_error

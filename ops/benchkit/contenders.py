@@ -20,8 +20,8 @@ import psutil
 from benchkit.places import ROOT
 from benchkit.plan import OURS
 from macprovider.actors.probe import BAN_BIAS
+from macprovider.actors.trees import provider_env
 from macprovider.actors.tuning import Replicate
-from macprovider.cli.autotune import provider_env
 
 READY_TIMEOUT_S: Final = 180.0
 REPLICATE_TIMEOUT_S: Final = 600.0

@@ -39,8 +39,9 @@ from macprovider.actors.store import (
     StoreProxy,
     start_store_actor,
 )
-from macprovider.actors.supervisor import ChildSpec, SupervisorProxy, start_supervisor
-from macprovider.actors.tuner import Peers, Tuner, TuneSummary, start_tuner
+from macprovider.actors.supervisor import SupervisorProxy, start_supervisor
+from macprovider.actors.trees import AutotuneJob, AutotuneParts, autotune_tree
+from macprovider.actors.tuner import Peers, Tuner, TuneSummary
 from macprovider.actors.tuning import Cell, Replicate, stage2_cells
 from macprovider.cli.run_report import RunReport, build_report, candidate_sizes_b
 from tests.actors.tuner_peers import (
@@ -928,67 +929,48 @@ ScriptFor = Callable[[SupervisorProxy, threading.Event], Mapping[At, Sequence[St
 def run_supervised(
     tmp_path: Path, candidates: Sequence[str], script_for: ScriptFor, **overrides: Any
 ) -> Supervised:
-    """The actors as `cli/autotune.py` wires them (a scripted probe, a stand-in provider),
-    run to the end; the probe's script may reach the supervisor and the cancel event."""
+    """The real autotune tree (`actors/trees.py`, finalizers and all) with a scripted probe
+    and a stand-in provider, run to the end; the probe's script may reach the supervisor
+    and the cancel event."""
     settings = settings_for(candidates, free_port(), **overrides)
     run = run_start(f"test-{uuid.uuid4().hex[:8]}", settings)
     db = tmp_path / "autotune.sqlite"
-    cancel = threading.Event()
-    actors: dict[str, Any] = {}
     events: list[str] = []
     summaries: list[TuneSummary] = []
     outcomes: list[RunOutcome] = []
     done = threading.Event()
 
-    def start(name: str, proxy: Any) -> pykka.ActorRef[Any]:
-        actors[name] = proxy
-        ref: pykka.ActorRef[Any] = proxy.actor_ref
-        return ref
-
-    def provider(_: SupervisorProxy) -> pykka.ActorRef[Any]:
-        env = clean_env(**standin_env({}))
-        proxy = start_provider_actor(tmp_path / "state", serve_command=STANDIN_COMMAND, env=env)
-        return start("provider", proxy)
-
-    def prewarm(_: SupervisorProxy) -> pykka.ActorRef[Any]:
-        proxy = start_recording_prewarm([], provider=actors["provider"], cancel=cancel)
-        return start("prewarm", proxy)
-
-    def probe(supervisor: SupervisorProxy) -> pykka.ActorRef[Any]:
-        calls: list[ProbeCall] = []
-        script = script_for(supervisor, cancel)
-        return start("probe", start_scripted_probe(actors["provider"], script, calls))
-
     def report(summary: TuneSummary) -> None:
         events.append(f"report {summary.exit_reason.value}")
         summaries.append(summary)
-
-    def tuner(supervisor: SupervisorProxy) -> pykka.ActorRef[Any]:
-        names = ("store", "prewarm", "provider", "probe", "drain")
-        peers = Peers(*(actors[name] for name in names))
-        tuner = Tuner(settings, run, peers, cancel, clock=FakeClock())
-        return start_tuner(tuner, supervisor, report)
 
     def finished(outcome: RunOutcome) -> None:
         events.append(f"finished {outcome.reason}")
         outcomes.append(outcome)
         done.set()
 
-    children = [
-        ChildSpec("drain", lambda _: start("drain", start_drain_actor(settings.port))),
-        ChildSpec("store", lambda _: start("store", start_store_actor(db))),
-        ChildSpec("provider", provider),
-        ChildSpec("prewarm", prewarm),
-        ChildSpec("probe", probe),
-        ChildSpec("tuner", tuner, finalize=lambda _: cancel.set()),
-    ]
-    start_supervisor(children, finished)
+    def probe(
+        supervisor: SupervisorProxy, provider: ProviderProxy, cancel: threading.Event
+    ) -> ProbeProxy:
+        return start_scripted_probe(provider, script_for(supervisor, cancel), [])
+
+    env = clean_env(**standin_env({}))
+    job = AutotuneJob(settings, run, db, tmp_path / "state", env, serve_command=STANDIN_COMMAND)
+    parts = AutotuneParts(
+        prewarm=lambda provider, cancel: start_recording_prewarm(
+            [], provider=provider, cancel=cancel
+        ),
+        probe=probe,
+        clock=FakeClock(),
+    )
+    tree = autotune_tree(job, on_summary=report, parts=parts)
+    start_supervisor(tree.children, finished)
     try:
         assert done.wait(TIMEOUT_S), "the supervisor never finished"
     finally:
         if not done.is_set():
             pykka.ActorRegistry.stop_all()
-    return Supervised(outcomes[0], events, summaries, actors, run, settings, db)
+    return Supervised(outcomes[0], events, summaries, tree.actors, run, settings, db)
 
 
 def plain(script: Mapping[At, Sequence[Step]]) -> ScriptFor:

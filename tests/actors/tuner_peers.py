@@ -32,8 +32,8 @@ from macprovider.actors.prewarm import (
 from macprovider.actors.probe import ProbeProxy
 from macprovider.actors.provider import ProviderProxy
 from macprovider.actors.store import RunStart
+from macprovider.actors.trees import run_start as tree_run_start
 from macprovider.actors.tuning import Cell, Replicate
-from macprovider.cli.autotune import run_start as cli_run_start
 
 CALL_TIMEOUT_S = 20.0
 STANDIN_DIR = Path(__file__).resolve().parent
@@ -260,4 +260,4 @@ class FakeClock:
 
 def run_start(run_id: str, settings: TuneSettings) -> RunStart:
     """The run row the CLI would write, under a test's own id."""
-    return replace(cli_run_start(settings, datetime.now(UTC)), run_id=run_id)
+    return replace(tree_run_start(settings, datetime.now(UTC)), run_id=run_id)
