@@ -9,7 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import ROOT, clean_env
+
+pytestmark = pytest.mark.slow  # a real benchmark over every contender
 
 SUMMARY_KEYS = {
     "single_vs_raw",

@@ -491,6 +491,7 @@ def test_a_bad_flag_exits_64(argv: list[str], capsys: pytest.CaptureFixture[str]
 # --- END TO END: the real suite, two iterations against the real commands (about a minute) ---
 
 
+@pytest.mark.slow
 def test_end_to_end_two_iterations_of_the_real_suite(tmp_path: Path) -> None:
     out = tmp_path / "chaos.json"
     done = subprocess.run(

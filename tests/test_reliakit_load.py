@@ -396,6 +396,7 @@ def test_a_bad_flag_is_one_line_naming_it(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_short_real_run_has_no_bad_answer_and_frees_every_slot(
     tiny_model: Path, tmp_path: Path
 ) -> None:

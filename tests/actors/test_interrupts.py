@@ -14,8 +14,11 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import ROOT, clean_env, free_port, wait_until
+
+pytestmark = pytest.mark.slow  # twenty supervised processes, each interrupted at a random moment
 
 ITERATIONS = 20
 SEED = 20261125

@@ -395,6 +395,7 @@ def test_an_existing_backup_is_skipped_not_overwritten(config: Path) -> None:
     assert applied.backup_path.read_bytes() == b"port: 1\n"
 
 
+@pytest.mark.slow
 def test_gives_up_past_the_last_backup_counter(
     config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

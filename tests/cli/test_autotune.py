@@ -37,6 +37,8 @@ from tests.cli.autotune_runs import (
 )
 from tests.conftest import clean_env, model_variant, supervise_argv, wait_until
 
+pytestmark = pytest.mark.slow  # whole `autotune` runs as subprocesses over real providers
+
 
 def test_largest_first_stops_at_the_first_fit_and_never_probes_the_rest(
     autotune: Autotune, models: Models, fixtures_dir: Path

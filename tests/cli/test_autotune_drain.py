@@ -18,6 +18,8 @@ from tests.actors.fake_services import FakeServices
 from tests.cli.autotune_runs import ONE_CELL, QUICK, RUN_TIMEOUT, Autotune, Finished, Models
 from tests.conftest import clean_env, wait_until
 
+pytestmark = pytest.mark.slow  # whole `autotune --drain` runs as subprocesses
+
 UNIT = "macprovider.service"
 LABEL = "live.streamvc.macprovider"
 

@@ -32,6 +32,8 @@ from macprovider.actors.store_records import StoredRun, StoredTrial
 from tests.cli.autotune_runs import ONE_CELL, QUICK, RUN_TIMEOUT, Autotune, Finished, Models
 from tests.conftest import clean_env, free_port, model_variant, supervise_argv, wait_until
 
+pytestmark = pytest.mark.slow  # real `run` and `autotune` processes under injected faults
+
 PROG = "macprovider-supervise"
 SERVE_FAULTS = Path(__file__).with_name("serve_faults")
 PAUSE_TIMEOUT_S = 60.0

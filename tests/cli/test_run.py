@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import clean_env, free_port, model_variant, supervise_argv, wait_until
 
+pytestmark = pytest.mark.slow  # real `run` processes, timed through restarts and backoff
+
 READY_S = 60.0
 
 
