@@ -1,5 +1,6 @@
-"""ops/bench --quick keeps working: it runs every contender and writes the JSON shape the
-issue promises. No speed is asserted: speed targets live in the benchmark, never in tests."""
+"""ops/bench --quick keeps working: it runs every contender and writes the JSON shape that
+docs/PERFORMANCE.md's figures are rendered from. No speed is asserted: speed targets live in
+the benchmark, never in tests."""
 
 from __future__ import annotations
 
