@@ -23,9 +23,10 @@ from rich.console import Console
 from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.messages import RestoreReport
 from macprovider.actors.stop_signals import Interrupted
-from macprovider.actors.store import PendingApply, Store
+from macprovider.actors.store import Store
+from macprovider.actors.store_records import PendingApply
 from macprovider.actors.trees import AutotuneJob, TuneResult, tune
-from macprovider.actors.tuner import TuneListener
+from macprovider.actors.tune_events import TuneListener
 from macprovider.cli.apply import (
     Applied,
     applied_line,
@@ -177,6 +178,9 @@ def apply_recommendation(report: RunReport, apply_to: ApplyTo) -> Applied | None
     values = owned_values(recommendation.model, recommendation.knobs())
     path = config_path(apply_to.config, os.environ)
     run_id = report.run.start.run_id
+    # `--apply` is a writer (it records its intent and that it landed), the only one outside a
+    # run's StoreActor: so it opens the writable Store, which migrates like any writer. Reading
+    # the report that got us here went through the read-only store.
     store = Store(report.db_path)
     try:
 

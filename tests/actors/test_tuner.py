@@ -1,6 +1,6 @@
-"""The Tuner (DESIGN §5) end to end over its peers: a real StoreActor on a SQLite file, a real
-ProviderActor running the stand-in provider, a real PrewarmActor on the fixture models, and a
-scripted ProbeActor whose replicates give exact throughputs and TTFTs.
+"""The Tuner (Stage 1, then Stage 2) end to end over its peers: a real StoreActor on a SQLite
+file, a real ProviderActor running the stand-in provider, a real PrewarmActor on the fixture
+models, and a scripted ProbeActor whose replicates give exact throughputs and TTFTs.
 
 Every test reads what the run left behind: the `tune_trials` and `tune_runs` rows, the
 summary, the probe calls (with the provider that was live at each), the provider logs.
@@ -31,17 +31,14 @@ from macprovider.actors.probe import ProbeProxy
 from macprovider.actors.probe_prompt import PromptTokenizer, load_prompt_tokenizer
 from macprovider.actors.provider import ProviderProxy, port_is_free, start_provider_actor
 from macprovider.actors.recommendation import Infeasible
-from macprovider.actors.store import (
-    RunStart,
-    Store,
-    StoredRun,
-    StoredTrial,
-    StoreProxy,
-    start_store_actor,
-)
+from macprovider.actors.store import Store
+from macprovider.actors.store_actor import StoreProxy, start_store_actor
+from macprovider.actors.store_records import RunStart, StoredRun, StoredTrial
 from macprovider.actors.supervisor import SupervisorProxy, start_supervisor
 from macprovider.actors.trees import AutotuneJob, AutotuneParts, autotune_tree
-from macprovider.actors.tuner import Peers, Tuner, TuneSummary
+from macprovider.actors.trial_outcome import TrialOutcome
+from macprovider.actors.tune_events import TuneSummary
+from macprovider.actors.tuner import Peers, Tuner
 from macprovider.actors.tuning import Cell, Replicate, stage2_cells
 from macprovider.cli.run_report import RunReport, build_report, candidate_sizes_b
 from tests.actors.tuner_peers import (
@@ -264,7 +261,7 @@ def kept_rows(rig: Rig) -> list[StoredTrial]:
 
 
 def knobs_of(row: StoredTrial) -> tuple[int | None, int | None, int | None]:
-    return (row.record.kv_bits, row.record.max_batch, row.record.max_context_cap)
+    return (row.record.kv_bits, row.record.max_batch, row.record.max_context)
 
 
 def assert_recorded_recommendation(rig: Rig, summary: TuneSummary) -> None:
@@ -536,6 +533,29 @@ def test_stage1_passes_a_candidate_that_dies_loading_and_stops_at_the_first_fit(
     rig.assert_no_provider_left()
 
 
+def test_a_provider_killed_from_outside_while_loading_is_no_verdict_on_its_model(
+    make_rig: MakeRig, fixture_models: dict[str, str]
+) -> None:
+    medium, small = fixture_models["medium"], fixture_models["small"]
+    script: dict[At, list[Step]] = {s1(small): [FIT], at(small, None, 1): [rate(10.0)] * 3}
+    rig = make_rig([medium, small], script, modes={medium: "killed-during-load"})
+
+    summary = rig.tune()
+
+    assert summary.exit_reason is ExitReason.OK
+    killed, fit = (row.record for row in rig.trials(1))
+    assert (killed.model, killed.outcome, killed.fits) == (
+        medium,
+        TrialOutcome.PROVIDER_KILLED,
+        False,
+    )
+    assert killed.notes is not None
+    assert killed.notes.startswith("provider exited during load (killed by SIGKILL): ")
+    assert (fit.model, fit.outcome) == (small, TrialOutcome.FITS)
+    assert rig.report().infeasible == ()  # not "does not fit": nothing is known about it
+    rig.assert_no_provider_left()
+
+
 def test_no_alternates_when_the_first_fit_is_smaller_than_what_follows(
     make_rig: MakeRig, fixture_models: dict[str, str]
 ) -> None:
@@ -572,6 +592,11 @@ def test_all_infeasible_is_no_feasible_with_the_smallest_candidate_first(
         (small, False),
         (medium, False),
         (tiny, False),
+    ]
+    assert [row.record.outcome for row in rig.trials()] == [
+        TrialOutcome.MEASURE_FAILED,
+        TrialOutcome.LOAD_FAILED,
+        TrialOutcome.OVER_TTFT_GATE,
     ]
     assert rig.prewarmed == [small, medium, tiny]
     assert rig.report().infeasible == (
