@@ -31,7 +31,7 @@ from macprovider.actors.prewarm import (
 )
 from macprovider.actors.probe import ProbeProxy
 from macprovider.actors.provider import ProviderProxy
-from macprovider.actors.store import RunStart
+from macprovider.actors.store_records import RunStart
 from macprovider.actors.trees import run_start as tree_run_start
 from macprovider.actors.tuning import Cell, Replicate
 
