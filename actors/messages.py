@@ -118,7 +118,9 @@ class ProbeSpec:
     `timeout_s` bounds the whole replicate; `stop_texts` are the model's stop tokens as
     text (e.g. `<|im_end|>`), which must never appear in what the provider streams back.
     `banned_tokens` are sent as `logit_bias` -100, so that every request generates exactly
-    `max_tokens` (Stage 2 bans the stop tokens: cells then compare equal work).
+    `max_tokens` (Stage 2 bans the stop tokens: cells then compare equal work). The bench's
+    mixed-requests configuration also sets `temperature`, `top_p`, `seed` and a `bias` of
+    its own, added to the banned tokens' logit_bias.
     """
 
     port: int
@@ -129,6 +131,10 @@ class ProbeSpec:
     timeout_s: float
     stop_texts: tuple[str, ...]
     banned_tokens: tuple[int, ...] = ()
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

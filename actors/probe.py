@@ -93,12 +93,18 @@ def request_body(spec: ProbeSpec) -> dict[str, Any]:
         "model": spec.model,
         "messages": [{"role": "user", "content": spec.prompt}],
         "max_tokens": spec.max_tokens,
-        "temperature": 0,
+        "temperature": spec.temperature,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    if spec.banned_tokens:
-        body["logit_bias"] = {str(token): BAN_BIAS for token in spec.banned_tokens}
+    if spec.top_p < 1.0:
+        body["top_p"] = spec.top_p
+    if spec.seed is not None:
+        body["seed"] = spec.seed
+    bias: dict[str, float] = {str(token): BAN_BIAS for token in spec.banned_tokens}
+    bias |= {str(token): value for token, value in spec.bias}
+    if bias:
+        body["logit_bias"] = bias
     return body
 
 

@@ -1,7 +1,8 @@
 """Benchmarks: serving overhead and batching against raw mlx-lm and mlx_lm.server,
 and where the demo autotune's time goes.
 
-`ops/bench [--model PATH] [--repetitions N] [--quick] [--json FILE] [--write-docs]`
+`ops/bench [--model PATH] [--repetitions N] [--quick] [--streams 1,2,4,8] [--mixed]
+[--unquantized-only] [--json FILE] [--write-docs]`
 
 Contenders, all on the same model, prompt (exact token count, the model's own tokenizer and
 chat template), `max_tokens` and client:
@@ -12,6 +13,14 @@ chat template), `max_tokens` and client:
 - `ours`: `macprovider-supervise serve --no-join --max-batch C [--kv-bits 8]`;
 - `mlx_lm.server`: `--decode-concurrency C --prompt-concurrency C [--kv-bits 8
   --quantized-kv-start 0]` (its kv-bits path serves one request at a time).
+
+With `--mixed`, the "mixed requests" configuration runs beside the plain (greedy) one:
+stream i gets its own temperature, top-p, seed and three biased tokens
+(`plan.mixed_sampling`) on top of the banned stop tokens, as a server's clients differ.
+Contenders `engine_mixed` (mlx-lm's `BatchGenerator` with a sampler and a logit-bias
+processor per stream: its per-row path, which `serve` used before its batch step),
+`step_mixed` (the same streams through `serve`'s whole-batch step, in this process) and
+`ours_mixed` (the same requests to `ours`).
 
 Each server is started once per configuration (kv-bits × concurrency), waited for
 (`/v1/models` 200), warmed up with one replicate, then measured; the contenders are

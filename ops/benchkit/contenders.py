@@ -18,7 +18,7 @@ import httpx
 import psutil
 
 from benchkit.places import ROOT
-from benchkit.plan import OURS
+from benchkit.plan import OURS, StreamSampling
 from macprovider.actors.probe import BAN_BIAS
 from macprovider.actors.trees import provider_env
 from macprovider.actors.tuning import Replicate
@@ -36,6 +36,9 @@ class RawEngine:
     `BatchGenerator` with every stream inserted at once (the continuous-batching engine both
     servers drive), so a server's figure at C streams has the engine's at C to compare with.
     Both ban the stop tokens as the servers' requests do, so every stream makes max_tokens.
+    With `mixed` streams, `measure_batch` gives each stream its own mlx-lm sampler and
+    logit-bias processor (mlx-lm's per-row path), or with `step` the same parameters to our
+    whole-batch step (`BatchStepGenerator`), the engine `serve` runs.
     """
 
     def __init__(self, model: Path) -> None:
@@ -70,13 +73,20 @@ class RawEngine:
         return Replicate(True, tokens, ended - started, ttft, None, False)
 
     def measure_batch(
-        self, contents: Sequence[str], max_tokens: int, banned: Sequence[int]
+        self,
+        contents: Sequence[str],
+        max_tokens: int,
+        banned: Sequence[int],
+        mixed: Sequence[StreamSampling] = (),
+        step: bool = False,
     ) -> Replicate:
         from mlx_lm.generate import BatchGenerator
 
+        from macprovider.server.batch_generator import BatchStepGenerator
+
         n = len(contents)
         prompts = [self._ids(content) for content in contents]
-        generator = BatchGenerator(
+        generator = (BatchStepGenerator if step else BatchGenerator)(
             self._model,
             stop_tokens=[[t] for t in sorted(self._tokenizer.eos_token_ids)],
             completion_batch_size=n,
@@ -87,9 +97,8 @@ class RawEngine:
         finished: set[int] = set()
         tokens = 0
         try:
-            generator.insert(
-                prompts, max_tokens=[max_tokens] * n, logits_processors=[_ban(banned)] * n
-            )
+            per_row = _step_rows(banned, mixed, n) if step else _mlx_lm_rows(banned, mixed, n)
+            generator.insert(prompts, max_tokens=[max_tokens] * n, **per_row)
             while len(finished) < n:
                 _, responses = generator.next()
                 now = time.perf_counter()
@@ -105,13 +114,45 @@ class RawEngine:
         return Replicate(True, tokens, ended - started, ttft, None, False)
 
 
-def _ban(banned: Sequence[int]) -> list[Any]:
+def _ban(banned: Sequence[int], extra: Sequence[tuple[int, float]] = ()) -> list[Any]:
     """The logit_bias the servers get from the probe: BAN_BIAS on every stop token."""
     from mlx_lm.sample_utils import make_logits_processors
 
-    bias = {t: float(BAN_BIAS) for t in banned}
-    processors: list[Any] = make_logits_processors(logit_bias=bias)
+    processors: list[Any] = make_logits_processors(logit_bias=_bias(banned, extra))
     return processors
+
+
+def _bias(banned: Sequence[int], extra: Sequence[tuple[int, float]]) -> dict[int, float]:
+    return {t: float(BAN_BIAS) for t in banned} | dict(extra)
+
+
+def _mlx_lm_rows(
+    banned: Sequence[int], mixed: Sequence[StreamSampling], n: int
+) -> dict[str, list[Any]]:
+    """`BatchGenerator.insert`'s per-row arguments: each mixed stream its own sampler and
+    processors, as `serve` built them before its batch step."""
+    from mlx_lm.sample_utils import make_sampler
+
+    if not mixed:
+        return {"logits_processors": [_ban(banned)] * n}
+    return {
+        "samplers": [make_sampler(m.temperature, m.top_p) for m in mixed],
+        "logits_processors": [_ban(banned, m.bias) for m in mixed],
+    }
+
+
+def _step_rows(
+    banned: Sequence[int], mixed: Sequence[StreamSampling], n: int
+) -> dict[str, list[Any]]:
+    from macprovider.server.batch_sampling import SamplingParams
+
+    if not mixed:
+        return {"samplers": [SamplingParams(logit_bias=tuple(_bias(banned, ()).items()))] * n}
+    rows = [
+        SamplingParams(m.temperature, m.top_p, m.seed, tuple(_bias(banned, m.bias).items()))
+        for m in mixed
+    ]
+    return {"samplers": rows}
 
 
 def free_port() -> int:

@@ -34,6 +34,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="1 repetition, concurrency 1 and 4, prompt length 128 only: a smoke run",
     )
+    parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="also measure mixed requests: each stream its own temperature, top-p, seed, bias",
+    )
+    parser.add_argument(
+        "--streams",
+        type=lambda text: tuple(int(c) for c in text.split(",")),
+        help="the concurrency sweep, comma-separated (default 1,2,4,8; --quick 1,4)",
+    )
+    parser.add_argument(
+        "--unquantized-only", action="store_true", help="leave out the --kv-bits 8 sweep"
+    )
     parser.add_argument("--json", type=Path, help="write every sample and the summary here")
     parser.add_argument(
         "--write-docs", action="store_true", help="regenerate docs/PERFORMANCE.md's section"

@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -25,15 +25,20 @@ from benchkit.contenders import (
 )
 from benchkit.plan import (
     BASE_PROMPT_TOKENS,
-    ENGINE,
+    ENGINE_MIXED,
+    IN_PROCESS,
     LABELS,
     OURS,
+    OURS_MIXED,
     RAW,
+    SERVED_BY,
+    STEP_MIXED,
     SWEEP_MAX_TOKENS,
     THEIRS,
     Memory,
     Plan,
     Results,
+    mixed_sampling,
     sample_from,
     sweep_contenders,
 )
@@ -60,9 +65,12 @@ class Bench:
         banned = self.prompts.stop_ids
         if contender == RAW:
             return self.raw.measure(self.prompts.make(prompt), max_tokens, banned)
-        if contender == ENGINE:
+        mixed = [mixed_sampling(i) for i in range(concurrency)]
+        if contender in IN_PROCESS:
             contents = [self.prompts.make(prompt) for _ in range(concurrency)]
-            return self.raw.measure_batch(contents, max_tokens, banned)
+            rows = mixed if contender in (ENGINE_MIXED, STEP_MIXED) else []
+            step = contender == STEP_MIXED
+            return self.raw.measure_batch(contents, max_tokens, banned, rows, step)
         if port is None:
             raise ValueError(f"{contender} has no port")
         specs = [
@@ -78,6 +86,11 @@ class Bench:
             )
             for _ in range(concurrency)
         ]
+        if contender == OURS_MIXED:
+            specs = [
+                replace(s, temperature=m.temperature, top_p=m.top_p, seed=m.seed, bias=m.bias)
+                for s, m in zip(specs, mixed, strict=True)
+            ]
         return concurrent_streams(specs)
 
 
@@ -172,14 +185,22 @@ def measure_configuration(bench: Bench, kv_bits: int | None, c: int) -> None:
         servers = warm_up(bench, start_servers(bench, kv_bits, c, started), c)
         idle = {name: tree_rss(server.proc.pid) for name, server in servers.items()}
         single = kv_bits is None and c == 1
-        sweep = [n for n in sweep_contenders(kv_bits) if n == ENGINE or n in servers]
+        sweep = [
+            n
+            for n in sweep_contenders(kv_bits, bench.plan.mixed)
+            if n in IN_PROCESS or SERVED_BY.get(n, n) in servers
+        ]
         names = ([RAW] if single else []) + sweep
         for name in names:
-            if name not in servers:  # in process: a warm-up, as the servers got
+            if name in IN_PROCESS or name == RAW:  # a warm-up, as the servers got
                 bench.replicate(name, None, c, BASE_PROMPT_TOKENS, 8)
         for repetition in range(bench.plan.repetitions):
             order = rotation(names, repetition)
-            ports = {name: server.port for name, server in servers.items()}
+            ports = {
+                name: servers[SERVED_BY.get(name, name)].port
+                for name in sweep
+                if name not in IN_PROCESS
+            }
             measure_turns(bench, order, ports, kv_bits, c, repetition, single)
         for name, server in servers.items():
             peak = bench.rss.peak(name)
@@ -204,8 +225,10 @@ def measure_turns(
     if single:
         kinds += [("prompt", length, SWEEP_MAX_TOKENS) for length in bench.plan.prompt_lengths]
     for kind, prompt, tokens in kinds:
-        # TTFT by prompt length compares one stream: the batched engine adds nothing there.
-        turn = order if kind == "stream" else [name for name in order if name != ENGINE]
+        # TTFT by prompt length compares one stream of greedy requests: the batched engine
+        # and the mixed requests add nothing there.
+        swept = (RAW, OURS, THEIRS)
+        turn = order if kind == "stream" else [name for name in order if name in swept]
         for position, name in enumerate(turn):
             replicate = bench.replicate(name, ports.get(name), c, prompt, tokens)
             sample = sample_from(

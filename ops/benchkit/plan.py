@@ -12,12 +12,23 @@ RAW: Final = "raw"
 ENGINE: Final = "engine"
 OURS: Final = "ours"
 THEIRS: Final = "mlx_lm.server"
+# The "mixed requests" configuration (`--mixed`): every stream its own temperature, top-p,
+# seed and logit bias, as a server's clients send. Without it every stream is greedy.
+ENGINE_MIXED: Final = "engine_mixed"
+STEP_MIXED: Final = "step_mixed"
+OURS_MIXED: Final = "ours_mixed"
 LABELS: Final = {
     RAW: "raw mlx_lm.stream_generate",
     ENGINE: "raw mlx-lm BatchGenerator",
     OURS: "macprovider serve",
     THEIRS: "mlx_lm.server",
+    ENGINE_MIXED: "raw mlx-lm BatchGenerator, mixed requests (per-row samplers)",
+    STEP_MIXED: "our batch step in process, mixed requests",
+    OURS_MIXED: "macprovider serve, mixed requests",
 }
+# In-process contenders: no server; the mixed one of ours is served by OURS's server.
+IN_PROCESS: Final = frozenset({ENGINE, ENGINE_MIXED, STEP_MIXED})
+SERVED_BY: Final = {OURS_MIXED: OURS}
 
 CONCURRENCY: Final = (1, 2, 4, 8)
 QUICK_CONCURRENCY: Final = (1, 4)
@@ -30,10 +41,36 @@ MAX_TOKENS: Final = 128
 SWEEP_MAX_TOKENS: Final = 8
 
 
-def sweep_contenders(kv_bits: int | None) -> tuple[str, ...]:
+def sweep_contenders(kv_bits: int | None, mixed: bool = False) -> tuple[str, ...]:
     """Who runs a sweep: the batched engine too when unquantized (mlx-lm has no batched
-    quantized cache of its own)."""
-    return (ENGINE, OURS, THEIRS) if kv_bits is None else (OURS, THEIRS)
+    quantized cache of its own); with `mixed`, each of ours and the engine's again with
+    mixed requests."""
+    if kv_bits is not None:
+        return (OURS, THEIRS, OURS_MIXED) if mixed else (OURS, THEIRS)
+    plain = (ENGINE, OURS, THEIRS)
+    return (*plain, ENGINE_MIXED, STEP_MIXED, OURS_MIXED) if mixed else plain
+
+
+@dataclass(frozen=True)
+class StreamSampling:
+    """One stream's parameters in the mixed configuration; `bias` is added to the banned
+    stop tokens' logit bias."""
+
+    temperature: float
+    top_p: float
+    seed: int
+    bias: tuple[tuple[int, float], ...]
+
+
+def mixed_sampling(stream: int) -> StreamSampling:
+    """Stream `stream`'s own parameters: no two streams of a replicate share all of them.
+    The biased tokens are low ids, present in every vocabulary."""
+    return StreamSampling(
+        temperature=0.5 + 0.1 * (stream % 6),
+        top_p=0.8 + 0.02 * (stream % 8),
+        seed=1000 + stream,
+        bias=((100 + stream % 64, -2.0), (200 + stream % 32, 1.0), (300 + stream % 16, -5.0)),
+    )
 
 
 @dataclass(frozen=True)
@@ -47,6 +84,7 @@ class Plan:
     kv_settings: tuple[int | None, ...]
     max_tokens: int
     quick: bool
+    mixed: bool = False  # also measure the mixed-requests configuration
 
 
 @dataclass(frozen=True)

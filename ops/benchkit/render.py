@@ -5,7 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from benchkit.plan import BASE_PROMPT_TOKENS, ENGINE, LABELS, OURS, RAW, THEIRS, Plan, Results
+from benchkit.plan import (
+    BASE_PROMPT_TOKENS,
+    ENGINE,
+    ENGINE_MIXED,
+    LABELS,
+    OURS,
+    OURS_MIXED,
+    RAW,
+    STEP_MIXED,
+    THEIRS,
+    Plan,
+    Results,
+)
 from benchkit.summary import Stats, kv_key, median_of, ratio
 
 MIB: Final = 1024 * 1024
@@ -85,6 +97,28 @@ def render_sweep(summary: dict[str, Any], plan: Plan) -> list[str]:
     return [title, "", note, "", *table(header, rows)]
 
 
+def render_mixed(summary: dict[str, Any], plan: Plan) -> list[str]:
+    """Plain against mixed requests, unquantized: only with `--mixed`."""
+    if not plan.mixed:
+        return []
+    names = (ENGINE, ENGINE_MIXED, STEP_MIXED, OURS, OURS_MIXED)
+    rows = []
+    for c in plan.concurrency:
+        cell = summary["sweep"]["unset"][str(c)]
+        rows.append(
+            [
+                str(c),
+                *(spread(cell[n]["aggregate_tps"]) for n in names),
+                num(summary["mixed_vs_engine"].get(str(c)), 2),
+            ]
+        )
+    title = (
+        "### Mixed requests (aggregate tok/s; each stream its own temperature, top-p, seed, bias)"
+    )
+    header = ["streams", *(LABELS[n] for n in names), "ours mixed / engine plain"]
+    return [title, "", *table(header, rows)]
+
+
 def render_prompts(summary: dict[str, Any], plan: Plan) -> list[str]:
     rows = []
     for length in plan.prompt_lengths:
@@ -139,6 +173,7 @@ def render_report(plan: Plan, results: Results, summary: dict[str, Any]) -> str:
         render_targets(summary),
         render_single(summary, plan),
         render_sweep(summary, plan),
+        render_mixed(summary, plan),
         render_prompts(summary, plan),
         render_memory(results),
     ]

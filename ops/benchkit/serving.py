@@ -29,11 +29,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(
         model=model.resolve(),
         repetitions=1 if args.quick else args.repetitions,
-        concurrency=QUICK_CONCURRENCY if args.quick else CONCURRENCY,
+        concurrency=args.streams or (QUICK_CONCURRENCY if args.quick else CONCURRENCY),
         prompt_lengths=QUICK_PROMPT_LENGTHS if args.quick else PROMPT_LENGTHS,
-        kv_settings=KV_SETTINGS,
+        kv_settings=(None,) if args.unquantized_only else KV_SETTINGS,
         max_tokens=args.max_tokens,
         quick=args.quick,
+        mixed=args.mixed,
     )
 
 

@@ -12,6 +12,7 @@ from benchkit.plan import (
     BASE_PROMPT_TOKENS,
     ENGINE,
     OURS,
+    OURS_MIXED,
     RAW,
     THEIRS,
     Memory,
@@ -113,7 +114,7 @@ def sweep_summary(plan: Plan, samples: Sequence[Sample]) -> dict[str, Any]:
         kv_key(kv): {
             str(c): {
                 name: sweep_cell(pick(samples, name, "stream", kv, c, BASE_PROMPT_TOKENS))
-                for name in sweep_contenders(kv)
+                for name in sweep_contenders(kv, plan.mixed)
             }
             for c in plan.concurrency
         }
@@ -186,6 +187,17 @@ def summarize(plan: Plan, results: Results) -> dict[str, Any]:
             )
             for c in plan.concurrency
         },
+        # Mixed requests through ours against the plain (greedy) engine: the per-request
+        # parameters should cost little once sampled as one batch.
+        "mixed_vs_engine": {
+            str(c): ratio(
+                aggregate_median(sweep, None, c, OURS_MIXED),
+                aggregate_median(sweep, None, c, ENGINE),
+            )
+            for c in plan.concurrency
+        }
+        if plan.mixed
+        else {},
         "ttft_2000_vs_mlx_lm_server": ratio(
             median_of(ttft_2000.get(OURS)), median_of(ttft_2000.get(THEIRS))
         ),
@@ -222,4 +234,8 @@ def targets(plan: Plan, summary: dict[str, Any]) -> list[Target]:
     found.append(Target("TTFT at 2000 prompt tokens, ours / mlx_lm.server", ttft, 1.05, False))
     idle = summary["idle_rss_vs_mlx_lm_server"]
     found.append(Target("idle RSS, ours / mlx_lm.server", idle, 1.0, False))
+    if plan.mixed:
+        c = max(plan.concurrency)
+        mixed = summary["mixed_vs_engine"].get(str(c))
+        found.append(Target(f"mixed requests at {c}, ours / plain engine", mixed, 0.9, True))
     return found
