@@ -19,6 +19,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from macprovider.server.knob_values import UNSET_TOKEN
+
 KV_BITS_AXIS_FLAG = "--kv-bits-axis"
 MAX_BATCH_AXIS_FLAG = "--max-batch-axis"
 MAX_CONTEXT_AXIS_FLAG = "--max-context-axis"
@@ -30,7 +32,6 @@ MIN_MODEL_SIZE_FLAG = "--min-model-size"
 DEFAULT_KV_BITS_AXIS = "unset,4,8"
 DEFAULT_MAX_BATCH_AXIS = "1,2"
 
-UNSET_TOKEN = "unset"
 KV_BITS_VALUES = (4, 8)
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")

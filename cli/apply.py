@@ -25,7 +25,7 @@ from macprovider.actors import service_manager as manager
 from macprovider.actors.stop_signals import STOP
 from macprovider.cli.atomic_file import create_file, replace_file
 from macprovider.cli.owned_keys import OwnedValue, cannot_apply, rewrite_owned_keys
-from macprovider.server.config import CONFIG_OPTION, MODEL, _config_location
+from macprovider.server.config import CONFIG_OPTION, MODEL, config_location
 
 __all__ = [
     "MAX_BACKUP_COUNTER",
@@ -57,7 +57,7 @@ def config_path(flag: str | None, env: Mapping[str, str]) -> Path:
 
     Raises ConfigError (exit 64) for an empty path, as `serve` does.
     """
-    path, _source, _explicit = _config_location({CONFIG_OPTION.name: flag}, env)
+    path, _source, _explicit = config_location({CONFIG_OPTION.name: flag}, env)
     return path
 
 

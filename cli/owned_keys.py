@@ -42,7 +42,7 @@ from macprovider.server.config import (
     MAX_CONTEXT,
     MODEL,
     KnobSpec,
-    _yaml_problem,
+    yaml_problem,
 )
 
 __all__ = ["OWNED_KEYS", "OwnedValue", "cannot_apply", "rewrite_owned_keys"]
@@ -113,7 +113,7 @@ def _load(text: str, source: str, *, rewritten: bool = False) -> dict[Any, Any]:
         document = yaml.safe_load(text)
     # ValueError: PyYAML builds dates itself, and `2024-13-01` fails in datetime.
     except (yaml.YAMLError, ValueError) as err:
-        raise cannot_apply(source, f"{what} valid YAML: {_yaml_problem(err)}") from None
+        raise cannot_apply(source, f"{what} valid YAML: {yaml_problem(err)}") from None
     if document is None:
         return {}
     if not isinstance(document, dict):

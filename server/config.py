@@ -62,11 +62,13 @@ __all__ = [
     "KnobSpec",
     "ServeConfig",
     "config_dir",
+    "config_location",
     "default_max_context",
     "is_loopback_host",
     "load_config_file",
     "resolve_serve_config",
     "serve_flags",
+    "yaml_problem",
 ]
 
 T = TypeVar("T")
@@ -137,7 +139,7 @@ def _load(path: Path, *, named_by: str | None, missing_ok: bool) -> dict[str, ob
         document = yaml.safe_load(data)
     # ValueError: PyYAML builds dates itself, and `2024-13-01` fails in datetime.
     except (yaml.YAMLError, ValueError) as err:
-        raise ConfigError(f"malformed YAML in {where}: {_yaml_problem(err)}") from None
+        raise ConfigError(f"malformed YAML in {where}: {yaml_problem(err)}") from None
     if document is None:
         return {}
     if not isinstance(document, dict):
@@ -145,14 +147,14 @@ def _load(path: Path, *, named_by: str | None, missing_ok: bool) -> dict[str, ob
     return {key: value for key, value in document.items() if isinstance(key, str)}
 
 
-def _yaml_problem(err: Exception) -> str:
+def yaml_problem(err: Exception) -> str:
     if isinstance(err, yaml.MarkedYAMLError) and err.problem and err.problem_mark:
         mark = err.problem_mark
         return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}"
     return " ".join(str(err).split())  # PyYAML's own text spans several lines
 
 
-def _config_location(
+def config_location(
     cli: Mapping[str, str | None], env: Mapping[str, str]
 ) -> tuple[Path, str, bool]:
     """(path, source, named explicitly?) of the YAML config."""
@@ -245,7 +247,7 @@ def resolve_serve_config(
     typed, or None when not given; other keys are ignored. Raises ConfigError, one line naming
     the value and its source, on the first invalid knob.
     """
-    path, path_source, explicit = _config_location(cli, env)
+    path, path_source, explicit = config_location(cli, env)
     document = _load(path, named_by=path_source if explicit else None, missing_ok=not explicit)
     layers = _Layers(cli, env, document, path, ram_bytes)
     config = ServeConfig(

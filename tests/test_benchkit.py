@@ -103,7 +103,7 @@ def _sample(contender: str, c: int, aggregate: float, decode: float | None = Non
     )
 
 
-def test_the_summary_holds_the_issues_ratios_from_medians() -> None:
+def test_the_summary_holds_the_target_ratios_from_medians() -> None:
     plan = Plan(Path("/m"), 3, (1, 4), (2000,), (None,), 128, False)
     samples = [
         # Medians: raw decode 200, ours decode 190 → 0.95; a failed sample never counts.

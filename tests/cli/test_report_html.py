@@ -436,7 +436,9 @@ def test_one_cell_is_drawn_in_the_middle() -> None:
 
 
 def test_zero_stage2_cells_and_an_unclosed_run() -> None:
-    records = [stage1(BIG, False, "out of budget: --max-duration used up")]
+    records = [
+        stage1(BIG, False, "out of budget: --max-duration used up", TrialOutcome.OUT_OF_BUDGET)
+    ]
     page = render_html(RunSpec(None, records).report())
     assert "unfinished (the run was killed)" in page
     assert "never (the run did not close)" in page
