@@ -280,9 +280,17 @@ class BatchRows:
         return logprobs
 
     def _sample(self, logprobs: mx.array) -> mx.array:
+        # Not `mx.compile`d, unlike mlx-lm's samplers: compiled, the draw and filters cost
+        # serve's 64 mixed streams on an H200 more than two thirds of their rate (a trace
+        # for every batch size as rows come and go), and on the CPU gained within noise.
         logprobs = self._filter(logprobs)
-        tokens, self.keys = _draw(logprobs, self.keys, self.temperature)
-        return tokens
+        split = mx.vmap(mx.random.split)(self.keys)
+        self.keys, step_keys = split[:, 0], split[:, 1]
+        vocab = logprobs.shape[-1]
+        noise = mx.vmap(lambda k: mx.random.gumbel(shape=(vocab,), key=k))(step_keys)
+        # Greedy rows get a scale of 1; their sample is discarded.
+        scale = 1.0 / mx.where(self.temperature > 0, self.temperature, 1.0)
+        return mx.argmax(logprobs * scale[:, None] + noise, axis=-1)
 
     def _logprobs(self, logprobs: mx.array, tokens: mx.array) -> StepLogprobs:
         k = min(TOP_LOGPROBS, logprobs.shape[-1])
@@ -294,19 +302,6 @@ class BatchRows:
         )
 
 
-@mx.compile
-def _draw(logprobs: mx.array, keys: mx.array, temperature: mx.array) -> tuple[mx.array, mx.array]:
-    """Each row's Gumbel-max draw at its temperature with its own key, and the rows' next
-    keys. Compiled, as mlx-lm's samplers are: the few element-wise ops fuse into one."""
-    split = mx.vmap(mx.random.split)(keys)
-    vocab = logprobs.shape[-1]
-    noise = mx.vmap(lambda k: mx.random.gumbel(shape=(vocab,), key=k))(split[:, 1])
-    # Greedy rows get a scale of 1; their sample is discarded.
-    scale = 1.0 / mx.where(temperature > 0, temperature, 1.0)
-    return mx.argmax(logprobs * scale[:, None] + noise, axis=-1), split[:, 0]
-
-
-@mx.compile
 def _top_p(logprobs: mx.array, top_p: mx.array) -> mx.array:
     """mlx-lm's `apply_top_p` with one threshold per row."""
     ordered = mx.sort(logprobs, axis=-1)
@@ -318,7 +313,6 @@ def _top_p(logprobs: mx.array, top_p: mx.array) -> mx.array:
     return mx.where(logprobs < threshold, -float("inf"), logprobs)
 
 
-@mx.compile
 def _top_k(logprobs: mx.array, top_k: mx.array) -> mx.array:
     """Keeps each row's `top_k` best (0: all); ties with the k-th best are kept."""
     descending = -mx.sort(-logprobs, axis=-1)
