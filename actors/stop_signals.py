@@ -11,7 +11,8 @@ command has got:
 - **supervised** (a Supervisor runs): the Supervisor is asked for the ordered stop (the
   in-flight trial recorded, providers stopped, the run row closed).
 - **finished** (the supervised work has ended; only output is left): the signal is noted and
-  the command ends as it would have.
+  the command ends as it would have; after the exit handlers it is ignored, so the exit code
+  stands.
 
 A second stop signal, in any phase, is the fastest safe exit: our own providers' process
 groups are killed and the process exits 130 without waiting for anything.
@@ -23,6 +24,7 @@ own start-up, before our first line runs, is the only window left: tens of milli
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -64,6 +66,10 @@ class StopSignals:
             signal.signal(signum, self._handle_stop)
         # The default action of SIGHUP ends the process; `run` reloads on it instead.
         signal.signal(signal.SIGHUP, self._handle_hangup)
+        # Registered first, so it runs last: once the other exit handlers have run, Python's
+        # teardown puts the default actions back, and a late Ctrl-C would then turn the exit
+        # code the command chose into "killed by SIGINT".
+        atexit.register(_ignore_stop_signals)
         self._installed = True
 
     @contextlib.contextmanager
@@ -137,6 +143,11 @@ class StopSignals:
         # Outside `run`'s supervision there is nothing to reload: ignored.
         if self._on_hangup is not None:
             self._on_hangup()
+
+
+def _ignore_stop_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _say(line: str) -> None:

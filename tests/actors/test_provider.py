@@ -363,7 +363,13 @@ def test_exit_during_load_reports_the_oom_line_not_the_config_echo(make_actor: M
 def test_a_dead_provider_does_not_block_the_next_start(make_actor: MakeActor) -> None:
     proxy = make_actor("exit-during-load")
     first = start(proxy)
-    wait_until(lambda: exited(first.pid), GONE_TIMEOUT, "the stand-in to exit")
+
+    # The actor's own view, not the process table's: a leader shows as a zombie while its
+    # other threads still exit, and until then it cannot be reaped.
+    def seen_dead() -> bool:
+        return proxy.check().get(timeout=ACTOR_TIMEOUT) is not None
+
+    wait_until(seen_dead, GONE_TIMEOUT, "the actor to see the stand-in exit")
     second = start(proxy)
     assert second.pid != first.pid
     assert second.log_path != first.log_path

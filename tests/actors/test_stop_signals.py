@@ -159,3 +159,21 @@ def test_what_runs_before_the_handlers_are_installed_imports_nothing_heavy() -> 
     loaded = set(done.stdout.split())
     assert "macprovider.actors.stop_signals" in loaded
     assert not loaded & {"mlx", "mlx.core", "pykka", "trio", "click", "httpx", "psutil", "yaml"}
+
+
+def test_a_stop_signal_after_the_exit_handlers_leaves_the_exit_code_alone() -> None:
+    # Registered before the handlers are installed, so it runs after their own exit handler,
+    # as Python's teardown does; a signal then must not replace the command's exit code.
+    code = textwrap.dedent(
+        """
+        import atexit, os, signal, sys
+        atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))
+        from macprovider.actors.stop_signals import STOP
+        STOP.install()
+        sys.exit(3)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (3, "")
