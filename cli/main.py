@@ -31,6 +31,7 @@ from macprovider.actors.autotune_inputs import (
 )
 from macprovider.actors.stop_signals import EXIT_INTERRUPTED, Interrupted
 from macprovider.cli.exits import EX_USAGE, USER_ERRORS, exit_code_for, run_exit_code
+from macprovider.cli.models import models
 from macprovider.cli.service import service
 from macprovider.server.config import SERVE_OPTIONS, resolve_serve_config
 from macprovider.server.models import resolve_model_path
@@ -400,6 +401,7 @@ def report(
     return 0
 
 
+cli.add_command(models)
 cli.add_command(service)
 
 

@@ -1,7 +1,8 @@
 """Where a model's weights are on this machine, for `serve` and for autotune's pre-warm alike.
 
-A model argument is a local folder (taken as it is) or a Hugging Face repo id, looked up in the
-local HF cache only: nothing here downloads (pre-warm fetches, through huggingface_hub, when
+A model argument is, in this order: a local folder (taken as it is); the name of a folder in the
+models folder (`places.models_dir`, where `models import` writes); or a Hugging Face repo id,
+looked up in the local HF cache only: nothing here downloads (pre-warm fetches, through huggingface_hub, when
 the lookup says the cache lacks the model). huggingface_hub is imported on first lookup of a
 repo id, so `serve` of a local folder never loads it.
 
@@ -14,9 +15,11 @@ the size report all count these files, so they count what is loaded.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from macprovider.server.errors import ModelNotFoundError
+from macprovider.server.places import models_dir
 
 WEIGHT_GLOB = "model*.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
@@ -39,15 +42,23 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(folder.glob(WEIGHT_GLOB))
 
 
-def locate_model(model: str, cache_dir: Path | None = None) -> Path:
-    """The folder of `model`: a local directory is itself; a repo id is its snapshot folder in
-    the HF cache (`cache_dir`, by default huggingface_hub's, i.e. HF_HUB_CACHE).
+def locate_model(
+    model: str, cache_dir: Path | None = None, models_root: Path | None = None
+) -> Path:
+    """The folder of `model`: a local directory is itself; a bare name (no `/`) with a folder
+    in `models_root` (by default `places.models_dir` of this environment) is that folder; a
+    repo id is its snapshot folder in the HF cache (`cache_dir`, by default huggingface_hub's,
+    i.e. HF_HUB_CACHE).
 
     Never touches the network. Raises NotAModelId or NotInHfCache.
     """
     path = Path(model).expanduser()
     if path.is_dir():
         return path
+    if "/" not in model and model not in (".", ".."):
+        named = (models_root or models_dir(os.environ)[0]) / model
+        if named.is_dir():
+            return named
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
@@ -66,12 +77,14 @@ def resolve_model_path(model: str) -> Path:
         folder = locate_model(model)
     except NotAModelId:
         raise ModelNotFoundError(
-            f"model {model!r}: no such folder, and not a Hugging Face repo id"
+            f"model {model!r}: no such folder, no such name in the models folder, and not a "
+            "Hugging Face repo id"
         ) from None
     except NotInHfCache:
         raise ModelNotFoundError(
-            f"model {model!r} is not a local folder and is not in the Hugging Face cache; "
-            f"fetch it first with `hf download {model}` (or let autotune pre-warm it)"
+            f"model {model!r} is not a local folder, a name in the models folder or in the "
+            f"Hugging Face cache; fetch it first with `macprovider-supervise models pull {model}` "
+            "(or let autotune pre-warm it)"
         ) from None
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"model folder {folder} has no config.json")

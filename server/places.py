@@ -1,7 +1,8 @@
 """Where macprovider keeps its files: the XDG base directories, with their HOME fallbacks.
 
-One rule for every folder, as the XDG Base Directory spec states it: `$XDG_CONFIG_HOME` or
-`$XDG_STATE_HOME` when set to an absolute path, else `~/.config` or `~/.local/state`. An empty
+One rule for every folder, as the XDG Base Directory spec states it: `$XDG_CONFIG_HOME`,
+`$XDG_STATE_HOME` or `$XDG_DATA_HOME` when set to an absolute path, else `~/.config`,
+`~/.local/state` or `~/.local/share`. An empty
 or relative value is ignored, as the spec says, rather than read against whatever the current
 directory happens to be. `~` is `$HOME` when set and non-empty, else the account's home.
 Pure functions of the environment mapping they are given, so callers and tests can pass their
@@ -13,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["config_dir", "config_home", "home_dir", "state_dir"]
+__all__ = ["config_dir", "config_home", "home_dir", "models_dir", "state_dir"]
 
 _APP_FOLDER = "macprovider"
+MODELS_DIR_ENV = "MACPROVIDER_MODELS_DIR"
 
 
 def home_dir(env: Mapping[str, str]) -> Path:
@@ -48,3 +50,14 @@ def state_dir(env: Mapping[str, str]) -> Path:
     """macprovider's state folder (the provider's logs): `$XDG_STATE_HOME/macprovider`, else
     `~/.local/state/macprovider`."""
     return _xdg_base(env, "XDG_STATE_HOME", ".local", "state")[0] / _APP_FOLDER
+
+
+def models_dir(env: Mapping[str, str]) -> tuple[Path, str]:
+    """The folder `models import` writes into and `serve --model NAME` looks in, and what chose
+    it: `$MACPROVIDER_MODELS_DIR` (absolute: models are big, operators put them on another
+    disk), else `$XDG_DATA_HOME/macprovider/models`, else `~/.local/share/macprovider/models`."""
+    override = env.get(MODELS_DIR_ENV, "")
+    if override and Path(override).is_absolute():
+        return Path(override), f"env {MODELS_DIR_ENV}"
+    base, source = _xdg_base(env, "XDG_DATA_HOME", ".local", "share")
+    return base / _APP_FOLDER / "models", source

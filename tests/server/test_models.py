@@ -66,6 +66,28 @@ def test_a_local_folder_is_itself(tmp_path: Path) -> None:
     assert locate_model(str(tmp_path)) == tmp_path
 
 
+def test_a_bare_name_is_its_folder_in_the_models_folder(tmp_path: Path, hf_cache: Path) -> None:
+    imported = tmp_path / "models" / "smol"
+    imported.mkdir(parents=True)
+    cached_snapshot(hf_cache, "smol", {"config.json": b"{}"})
+    # The models folder comes before the HF cache: `models import --name smol` is what the
+    # operator made on this machine.
+    assert locate_model("smol", models_root=tmp_path / "models") == imported
+    # A name with an organisation is a repo id, never a models-folder entry.
+    (tmp_path / "models" / "org").mkdir()
+    with pytest.raises(NotInHfCache):
+        locate_model("org/smol", models_root=tmp_path / "models")
+
+
+def test_the_models_folder_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "macprovider" / "models" / "smol").mkdir(parents=True)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.delenv("MACPROVIDER_MODELS_DIR", raising=False)
+    assert locate_model("smol") == tmp_path / "macprovider" / "models" / "smol"
+
+
 def test_a_cached_repo_is_its_snapshot(hf_cache: Path) -> None:
     snapshot = cached_snapshot(hf_cache, "org/m", {"config.json": b"{}"})
     assert locate_model("org/m") == snapshot
@@ -90,9 +112,13 @@ def test_a_model_that_is_not_here(model: str, error: type[Exception]) -> None:
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ("org/absent", r"^model 'org/absent' is not a local folder and is not in the Hugging"),
-        ("org/absent", r"fetch it first with `hf download org/absent`"),
-        ("/no/such/dir", r"^model '/no/such/dir': no such folder, and not a Hugging Face repo id$"),
+        ("org/absent", r"^model 'org/absent' is not a local folder, a name in the models folder"),
+        ("org/absent", r"fetch it first with `macprovider-supervise models pull org/absent`"),
+        (
+            "/no/such/dir",
+            r"^model '/no/such/dir': no such folder, no such name in the models folder, and not "
+            r"a Hugging Face repo id$",
+        ),
     ],
 )
 def test_serve_says_what_to_do_about_a_model_that_is_not_here(model: str, message: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from macprovider.server.places import config_dir, config_home, home_dir, state_dir
+from macprovider.server.places import config_dir, config_home, home_dir, models_dir, state_dir
 
 HOME = "/home/op"
 
@@ -73,3 +73,35 @@ def test_a_relative_xdg_value_never_reads_against_the_current_directory(
 ) -> None:
     env = {"HOME": HOME, "XDG_CONFIG_HOME": "cfg", "XDG_STATE_HOME": "state"}
     assert folder(env).is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("env", "folder", "source"),
+    [
+        ({"HOME": HOME}, f"{HOME}/.local/share/macprovider/models", "default"),
+        (
+            {"HOME": HOME, "XDG_DATA_HOME": "/x/data"},
+            "/x/data/macprovider/models",
+            "env XDG_DATA_HOME",
+        ),
+        (
+            {"HOME": HOME, "XDG_DATA_HOME": "data"},
+            f"{HOME}/.local/share/macprovider/models",
+            "default",
+        ),
+        (
+            {"HOME": HOME, "XDG_DATA_HOME": "/x/data", "MACPROVIDER_MODELS_DIR": "/big/disk"},
+            "/big/disk",
+            "env MACPROVIDER_MODELS_DIR",
+        ),
+        # A relative override is ignored like a relative XDG value: never read against the cwd.
+        (
+            {"HOME": HOME, "MACPROVIDER_MODELS_DIR": "models"},
+            f"{HOME}/.local/share/macprovider/models",
+            "default",
+        ),
+    ],
+    ids=["default", "xdg-data", "xdg-relative", "override", "override-relative"],
+)
+def test_models_folder(env: Mapping[str, str], folder: str, source: str) -> None:
+    assert models_dir(env) == (Path(folder), source)
