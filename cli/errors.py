@@ -25,3 +25,20 @@ class ReportError(CliError):
 
 class ServiceError(CliError):
     """The service file cannot be written or removed; one line for the operator."""
+
+
+class ModelImportError(CliError):
+    """`models import` refused its input (not a GGUF, an architecture or tensor type it cannot
+    convert); nothing was written. One line naming the file and what is wrong."""
+
+
+class ModelFolderError(CliError):
+    """`models import` cannot write its result: the destination exists or is not writable."""
+
+
+class ModelIntegrityError(CliError):
+    """`models verify` or `models pull` found a damaged model; the line names the file."""
+
+
+class HubUnavailable(CliError):
+    """`models pull` could not reach the Hub (offline, refused, timed out, or HF_HUB_OFFLINE)."""

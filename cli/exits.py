@@ -5,7 +5,16 @@ from __future__ import annotations
 from macprovider.actors.autotune_inputs import AutotuneInputError
 from macprovider.actors.exit_reasons import DATABASE_UNAVAILABLE, ExitReason
 from macprovider.actors.stop_signals import EXIT_INTERRUPTED
-from macprovider.cli.errors import ApplyError, ReportError, ReportHtmlError, ServiceError
+from macprovider.cli.errors import (
+    ApplyError,
+    HubUnavailable,
+    ModelFolderError,
+    ModelImportError,
+    ModelIntegrityError,
+    ReportError,
+    ReportHtmlError,
+    ServiceError,
+)
 from macprovider.server.errors import (
     ConfigError,
     EngineDied,
@@ -30,8 +39,12 @@ EXIT_CODES: dict[type[Exception], int] = {
     AutotuneInputError: EX_USAGE,
     ConfigError: EX_USAGE,
     EngineDied: EX_SOFTWARE,
+    HubUnavailable: EX_UNAVAILABLE,
     MemoryBudgetExceeded: EX_DATAERR,
     ModelLoadError: EX_DATAERR,
+    ModelFolderError: EX_CANTCREAT,
+    ModelImportError: EX_DATAERR,
+    ModelIntegrityError: EX_DATAERR,
     ModelNotFoundError: EX_NOINPUT,
     PortUnavailable: EX_UNAVAILABLE,
     ReportError: EX_NOINPUT,
