@@ -18,7 +18,8 @@ from typing import Any
 
 from macprovider.actors.prewarm_errors import PrewarmIntegrityError
 from macprovider.server.models import SHARD_INDEX, WEIGHT_GLOB, weight_files
-from macprovider.server.safetensors_headers import DTYPE_BITS
+from macprovider.server.model_facts import count_parameters, trained_context
+from macprovider.server.safetensors_headers import DTYPE_BITS, TensorHeader
 
 # Files every model needs besides its weights: a model without them cannot load.
 REQUIRED_FILES = ("config.json", "tokenizer.json")
@@ -35,11 +36,12 @@ class IntegrityReport:
 
     model: str
     folder: Path
-    parameters: int  # sum of element counts over every tensor of every safetensors header
+    parameters: int  # the model's (model_facts.count_parameters), not the tensors' elements
     weight_bytes: int  # size of the weight files (WEIGHT_GLOB)
     total_bytes: int  # size of every file of the folder (symlinks followed)
     weight_files: tuple[str, ...]
     hashed_files: tuple[str, ...]  # files checked against a hash the HF cache recorded
+    trained_context: int | None  # config.json's (model_facts.trained_context)
 
 
 def _model_name(folder: Path) -> str:
@@ -62,17 +64,21 @@ def check_integrity(folder: Path, model: str | None = None) -> IntegrityReport:
     for required in REQUIRED_FILES:
         if not (folder / required).is_file():
             raise PrewarmIntegrityError(name, required, "missing")
-    _check_config(name, folder / "config.json")
+    config = _check_config(name, folder / "config.json")
 
     weights = weight_files(folder)
     if not weights:
         raise PrewarmIntegrityError(name, WEIGHT_GLOB, "no weight files in the folder")
     _check_shard_index(name, folder, {w.name for w in weights})
-    parameters = 0
+    tensors: list[TensorHeader] = []
     for weight in weights:
         if not weight.is_file():
             raise PrewarmIntegrityError(name, weight.name, "missing (dangling symlink)")
-        parameters += _check_safetensors(name, weight)
+        tensors += _check_safetensors(name, weight)
+    try:
+        parameters = count_parameters(tensors, config)
+    except ValueError as e:  # packed weights mlx-lm could not unpack either
+        raise PrewarmIntegrityError(name, "config.json", str(e)) from e
 
     recorded = _recorded_hashes(folder)
     hashed: list[str] = []
@@ -91,16 +97,18 @@ def check_integrity(folder: Path, model: str | None = None) -> IntegrityReport:
         total_bytes=total_bytes,
         weight_files=tuple(w.name for w in weights),
         hashed_files=tuple(hashed),
+        trained_context=trained_context(config),
     )
 
 
-def _check_config(model: str, path: Path) -> None:
+def _check_config(model: str, path: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PrewarmIntegrityError(model, path.name, f"not valid JSON ({e})") from e
     if not isinstance(config, dict):
         raise PrewarmIntegrityError(model, path.name, "not a JSON object")
+    return config
 
 
 def _check_shard_index(model: str, folder: Path, weights: set[str]) -> None:
@@ -118,8 +126,8 @@ def _check_shard_index(model: str, folder: Path, weights: set[str]) -> None:
         raise PrewarmIntegrityError(model, missing[0], f"missing (listed in {index.name})")
 
 
-def _check_safetensors(model: str, path: Path) -> int:
-    """Validates one safetensors file; returns its parameter count.
+def _check_safetensors(model: str, path: Path) -> list[TensorHeader]:
+    """Validates one safetensors file; returns its tensors' headers.
 
     Parsed here rather than by `safetensors.safe_open`, which refuses the same files (the
     tests check this) but with one text for several defects ("incomplete metadata, file not
@@ -150,12 +158,12 @@ def _check_safetensors(model: str, path: Path) -> int:
         raise fail("header is not a JSON object")
 
     spans: list[tuple[int, int, str]] = []
-    parameters = 0
+    tensors: list[TensorHeader] = []
     for tensor, info in header.items():
         if tensor == "__metadata__":
             continue
-        begin, end, elements = _tensor_span(info, fail, tensor)
-        parameters += elements
+        begin, end = _tensor_span(info, fail, tensor)
+        tensors.append(TensorHeader(tensor, info["dtype"], tuple(info["shape"])))
         spans.append((begin, end, tensor))
 
     data_len = size - 8 - header_len
@@ -169,13 +177,13 @@ def _check_safetensors(model: str, path: Path) -> int:
         raise fail(f"truncated: tensors need {position} data bytes, the file has {data_len}")
     if position < data_len:
         raise fail(f"{data_len - position} trailing bytes after the last tensor")
-    return parameters
+    return tensors
 
 
 def _tensor_span(
     info: Any, fail: Callable[[str], PrewarmIntegrityError], tensor: str
-) -> tuple[int, int, int]:
-    """(begin, end, element count) of one header entry, checked against its dtype and shape."""
+) -> tuple[int, int]:
+    """(begin, end) of one header entry, checked against its dtype and shape."""
     if not isinstance(info, dict):
         raise fail(f"tensor {tensor!r}: entry is not an object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
@@ -195,7 +203,7 @@ def _tensor_span(
     begin, end = offsets
     if bits % 8 or end - begin != bits // 8:
         raise fail(f"tensor {tensor!r}: {end - begin} bytes do not hold {dtype} {shape}")
-    return begin, end, elements
+    return begin, end
 
 
 def _natural(value: Any) -> bool:

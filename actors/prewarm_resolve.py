@@ -10,8 +10,8 @@ from huggingface_hub import snapshot_download
 from safetensors import SafetensorError
 
 from macprovider.actors.prewarm_errors import ModelNotCached, PrewarmError
-from macprovider.server.models import NotAModelId, NotInHfCache, locate_model, weight_files
-from macprovider.server.safetensors_headers import tensor_headers
+from macprovider.server.model_facts import parameter_count
+from macprovider.server.models import NotAModelId, NotInHfCache, locate_model
 
 Fetch = Callable[[str, Path | None], object]
 
@@ -39,11 +39,11 @@ def fetch_from_hub(model_id: str, cache_dir: Path | None) -> object:
 
 
 def local_parameters(model_id: str, cache_dir: Path | None = None) -> int | None:
-    """The parameter count of a model already on this machine, from its weight files' headers;
+    """The parameter count (`model_facts.parameter_count`) of a model already on this machine;
     None when it is not local (nothing is fetched) or unreadable."""
     try:
         folder = resolve_local(model_id, cache_dir)
         # Headers only: hashing gigabytes of weights just to rank them is not worth it.
-        return sum(t.elements for t in tensor_headers(weight_files(folder))) or None
-    except (PrewarmError, OSError, SafetensorError):
+        return parameter_count(folder) or None
+    except (PrewarmError, OSError, ValueError, SafetensorError):
         return None

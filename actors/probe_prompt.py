@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from macprovider.server.model_facts import stop_token_ids
+
 # Public-domain prose: realistic text for the tokenizer, not one repeated token.
 FABLE = (
     "the fox saw the grapes hanging high above the vine and wished for them "
@@ -83,7 +85,7 @@ class PromptTokenizer:
 
     count: Callable[[str], int]
     stop_texts: tuple[str, ...]  # the end-of-sequence tokens as text, e.g. `<|im_end|>`
-    stop_ids: tuple[int, ...]
+    stop_ids: tuple[int, ...]  # `model_facts.stop_token_ids`: every id the engine stops at
 
 
 def load_prompt_tokenizer(folder: Path) -> PromptTokenizer:
@@ -96,6 +98,6 @@ def load_prompt_tokenizer(folder: Path) -> PromptTokenizer:
         messages = [{"role": "user", "content": content}]
         return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
-    stop_ids = tuple(sorted(tokenizer.eos_token_ids))
+    stop_ids = tuple(sorted(stop_token_ids(folder, tokenizer.eos_token_ids)))
     stops = {tokenizer.convert_ids_to_tokens(token) for token in stop_ids}
     return PromptTokenizer(count, tuple(sorted(stop for stop in stops if stop)), stop_ids)

@@ -118,20 +118,22 @@ def recommend(
 def alternates(
     candidates: Sequence[str], chosen: str, sizes: Mapping[str, float]
 ) -> tuple[str, ...]:
-    """Smaller candidates that were never probed, by name only, in input order.
+    """Candidates no larger than `chosen` that were never probed, by name only, in input order.
 
     Stage 1 stops at `chosen`, so these come after it in the list. With both sizes known a
-    candidate must be strictly smaller; with either unknown, the list order (largest first by
-    convention) is trusted. Empty when `chosen` is the smallest.
+    candidate must be no larger: one of the same size is another form of the same model (its
+    bf16 or 4-bit copy: parameters are counted the same whatever the dtype), a real choice for
+    the operator. With either size unknown, the list order (largest first by convention) is
+    trusted. Empty when `chosen` is the smallest.
     """
     after = candidates[candidates.index(chosen) + 1 :]
     chosen_size = sizes.get(chosen)
 
-    def smaller(model: str) -> bool:
+    def no_larger(model: str) -> bool:
         size = sizes.get(model)
-        return size is None or chosen_size is None or size < chosen_size
+        return size is None or chosen_size is None or size <= chosen_size
 
-    return tuple(model for model in after if smaller(model))
+    return tuple(model for model in after if no_larger(model))
 
 
 def infeasible_report(

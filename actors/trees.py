@@ -46,6 +46,7 @@ from macprovider.actors.supervisor import ChildSpec, SupervisorProxy
 from macprovider.actors.tune_events import TuneListener, TuneSummary
 from macprovider.actors.tuner import Peers, Tuner
 from macprovider.actors.tuner_actor import start_tuner
+from macprovider.server.places import MODELS_DIR_ENV
 
 ENV_PREFIX = "MACPROVIDER_"
 STORE_CALL_TIMEOUT_S = 30.0
@@ -90,8 +91,13 @@ def provider_env(env: Mapping[str, str], state_dir: Path) -> dict[str, str]:
     """The environment of autotune's providers, which are configured by their flags alone:
     the operator's MACPROVIDER_* environment and config file are hidden from them, so that
     a cell's `unset` kv-bits really is an unquantized cache, and a configured host or API
-    key cannot get in the way of the probe's loopback requests."""
-    isolated = {key: value for key, value in env.items() if not key.startswith(ENV_PREFIX)}
+    key cannot get in the way of the probe's loopback requests. The models folder is a place,
+    not a knob: it stays, so a candidate named by its models-folder name loads there too."""
+    isolated = {
+        key: value
+        for key, value in env.items()
+        if not key.startswith(ENV_PREFIX) or key == MODELS_DIR_ENV
+    }
     # A config home that does not exist: the provider reads no config file at all.
     isolated["XDG_CONFIG_HOME"] = str(state_dir / "no-config")
     return isolated

@@ -25,7 +25,9 @@ class TrialOutcome(StrEnum):
     LOAD_FAILED = "load_failed"  # the provider could not be brought up, or died loading
     OVER_TTFT_GATE = "over_ttft_gate"  # Stage 1: TTFT p95 above `--gate-ttft-ms`
     MEASURE_FAILED = "measure_failed"  # a replicate failed, leaked a stop token, or no figure
-    PREWARM_FAILED = "prewarm_failed"  # the weights or the probe prompt could not be had
+    # The weights or the probe prompt could not be had, or the model was trained for less than
+    # Stage 1's context.
+    PREWARM_FAILED = "prewarm_failed"
     # Ended before a verdict: nothing is said about whether it fits.
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
     OUT_OF_BUDGET = "out_of_budget"  # `--max-duration` used up mid-trial

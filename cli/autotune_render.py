@@ -104,7 +104,7 @@ def _recommendation_block(rec: Recommendation, report: RunReport) -> str:
         *(f"  {flag + ':':<17}{value}" for flag, value in _flag_values(rec)),
         f"  throughput:      {rec.tps_median:.1f} tok/s (median of {rec.replicates} replicates)",
         f"  TTFT p95:        {rec.ttft_p95_ms:.0f} ms",
-        f"  alternates:      {', '.join(report.alternates) or '(none smaller)'}",
+        f"  alternates:      {', '.join(report.alternates) or '(none of the same size or smaller)'}",
     ]
     if report.alternates:
         try_one = shlex.join([PROG, "autotune", "--candidate-models", report.alternates[0]])

@@ -33,8 +33,7 @@ from macprovider.actors.stop_signals import EXIT_INTERRUPTED, Interrupted
 from macprovider.cli.exits import EX_USAGE, USER_ERRORS, exit_code_for, run_exit_code
 from macprovider.cli.models import models
 from macprovider.cli.service import service
-from macprovider.server.config import SERVE_OPTIONS, resolve_serve_config
-from macprovider.server.models import resolve_model_path
+from macprovider.server.config import SERVE_OPTIONS, resolve_model, resolve_serve_config
 from macprovider.server.parent_guard import parent_fd
 
 PROG = "macprovider-supervise"
@@ -75,10 +74,10 @@ def serve(no_join: bool, **knobs: str | None) -> int:
     Exit codes: 64 bad knob, 65 model unloadable or over the memory limit, 66 model not
     found, 69 port taken.
     """
-    config = resolve_serve_config(knobs, os.environ, ram_bytes=psutil.virtual_memory().total)
-    assert config.model is not None  # require_model=True guarantees it
+    ram_bytes = psutil.virtual_memory().total
+    config = resolve_serve_config(knobs, os.environ, ram_bytes=ram_bytes)
     parent = parent_fd(os.environ)
-    model_path = resolve_model_path(config.model)
+    config, model_path = resolve_model(config, ram_bytes=ram_bytes)
     if config.coordinator_endpoint and not no_join:
         log.warning(
             "joining the pool at %s is not implemented yet; serving locally only",

@@ -198,7 +198,7 @@ def _rec_facts(rec: Recommendation, report: RunReport) -> list[tuple[str, str]]:
         *((spec.flag, spec.text(getattr(rec.cell, spec.name))) for spec in TUNED_KNOBS),
         ("throughput", f"{rec.tps_median:.1f} tok/s (median of {rec.replicates} replicates)"),
         ("TTFT p95", f"{rec.ttft_p95_ms:.0f} ms"),
-        ("alternates", ", ".join(report.alternates) or "(none smaller)"),
+        ("alternates", ", ".join(report.alternates) or "(none of the same size or smaller)"),
     ]
 
 

@@ -23,8 +23,7 @@ from macprovider.actors.keeper import Target
 from macprovider.actors.messages import Knobs, RunOutcome
 from macprovider.actors.trees import keep_running
 from macprovider.server import places
-from macprovider.server.config import CONFIG_OPTION, KNOBS, resolve_serve_config
-from macprovider.server.models import resolve_model_path
+from macprovider.server.config import CONFIG_OPTION, KNOBS, resolve_model, resolve_serve_config
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
@@ -33,9 +32,12 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
 
 def load_target(knobs: Mapping[str, str | None]) -> Target:
     """The resolver `serve` uses; an unknown model fails here, not as a crash loop."""
-    config = resolve_serve_config(knobs, os.environ, ram_bytes=psutil.virtual_memory().total)
+    ram_bytes = psutil.virtual_memory().total
+    config = resolve_serve_config(knobs, os.environ, ram_bytes=ram_bytes)
+    # Fitted here, not only by the provider: the context is forwarded as a flag, where a
+    # default would read as set.
+    config, _ = resolve_model(config, ram_bytes=ram_bytes)
     assert config.model is not None  # require_model=True guarantees it
-    resolve_model_path(config.model)
     # Knobs' fields are named after the knobs: every one of them is forwarded, as resolved.
     resolved = Knobs(**{f.name: getattr(config, f.name) for f in fields(Knobs)})
     return Target(config.model, config.port, resolved, config.config_path, config.api_key)

@@ -5,7 +5,9 @@ mlx-lm Llama checkpoints (config.json, model.safetensors, a `tokenizers` tokeniz
 tokenizer_config.json with a ChatML template and `<|im_end|>` as the stop token) that load
 through the same code path as any model, in four sizes, the largest still quick on a 2-core
 CPU. They are byte for byte the same on every build (fixed seed, fixed step counts) and cached
-in a folder whose absolute path is the last line of stdout.
+in a folder whose absolute path is the last line of stdout. Beside them, one real pretrained
+model in two forms, imported from a PyPI wheel's GGUF (`real_fixtures`: `smollm2-135m`,
+`smollm2-135m-q4`).
 
 Usage: ops/fixtures.py [--dir DIR] [--only NAME ...]
 """
@@ -38,6 +40,7 @@ from unittest import mock
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
+import real_fixtures
 from mlx.nn.layers.linear import Linear
 from mlx.nn.utils import value_and_grad
 from mlx.utils import tree_flatten, tree_unflatten
@@ -108,9 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     root: Path = args.dir.expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     wanted = [shape for shape in SHAPES if not args.only or shape.name in args.only]
+    real = [
+        model for model in real_fixtures.REAL_MODELS if not args.only or model.name in args.only
+    ]
     with _locked(root):
         for shape in wanted:
             _ensure(root, shape)
+        for model in real:
+            _ensure_real(root, model)
         _write_index(root)
     print(root)
     return 0
@@ -120,7 +128,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     default = Path(os.environ.get("MACPROVIDER_FIXTURES_DIR") or DEFAULT_DIR)
     parser.add_argument("--dir", type=Path, default=default, help=f"cache folder ({default})")
-    names = [shape.name for shape in SHAPES]
+    names = [shape.name for shape in SHAPES] + [model.name for model in real_fixtures.REAL_MODELS]
     parser.add_argument("--only", action="append", choices=names, help="build just this model")
     return parser.parse_args(argv)
 
@@ -141,6 +149,16 @@ def _ensure(root: Path, shape: Shape) -> None:
     started = time.perf_counter()
     loss = _build(root, shape, recipe)
     _progress(shape, f"built in {time.perf_counter() - started:.1f} s (train loss {loss:.2f})")
+
+
+def _ensure_real(root: Path, model: real_fixtures.RealModel) -> None:
+    if real_fixtures.is_current(root, model):
+        status = "cached"
+    else:
+        started = time.perf_counter()
+        real_fixtures.build(root, model)
+        status = f"imported in {time.perf_counter() - started:.1f} s"
+    print(f"fixtures: {model.name:<15} (from {real_fixtures.WHEEL})  {status}", file=sys.stderr)
 
 
 def _progress(shape: Shape, status: str) -> None:

@@ -6,7 +6,8 @@ whichever layer it came from. The knobs themselves are declared once, in the kno
 `server.places`. The table's names are re-exported here, so a caller that resolves knobs
 imports one module.
 
-Pure functions: the only I/O is reading the YAML file. CLI values arrive as raw strings, like
+Pure functions: the only I/O is reading the YAML file, and, once the model's folder is known
+(`resolve_model`), its config.json for the context it was trained for. CLI values arrive as raw strings, like
 environment values, so that a bad `--kv-bits 7` and a bad `MACPROVIDER_KV_BITS=7` produce the
 same one-line `ConfigError`.
 """
@@ -14,8 +15,9 @@ same one-line `ConfigError`.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
@@ -40,9 +42,12 @@ from macprovider.server.knobs import (
     SERVE_OPTIONS,
     CliOption,
     KnobSpec,
+    default_context_for,
     default_max_context,
     serve_flags,
 )
+from macprovider.server.model_facts import read_config, trained_context
+from macprovider.server.models import resolve_model_path
 from macprovider.server.places import config_dir
 
 # Besides the resolver's own names, the knob table's and the folder's that its callers use
@@ -63,9 +68,12 @@ __all__ = [
     "ServeConfig",
     "config_dir",
     "config_location",
+    "default_context_for",
     "default_max_context",
+    "fit_context",
     "is_loopback_host",
     "load_config_file",
+    "resolve_model",
     "resolve_serve_config",
     "serve_flags",
     "yaml_problem",
@@ -73,6 +81,8 @@ __all__ = [
 
 T = TypeVar("T")
 V = TypeVar("V")
+
+log = logging.getLogger("macprovider.serve")
 
 _SHOWN_VALUE_MAX = 60
 
@@ -283,3 +293,44 @@ def _check_bind(config: ServeConfig) -> None:
         f"refusing host {config.host!r} from {config.sources[HOST.name]} without an API key: "
         f"binding beyond loopback needs one ({_where_to_set(API_KEY, config.config_path)})"
     )
+
+
+# --- the model's own limits -----------------------------------------------------------------
+
+
+def fit_context(config: ServeConfig, trained: int | None, *, ram_bytes: int) -> ServeConfig:
+    """`config` with its context fitted to a model trained for `trained` tokens (None: unknown).
+
+    A default context becomes `default_context_for`'s (the RAM tier, at most `trained`); a set
+    one is honoured, with a warning when it is longer than `trained`: positions past the trained
+    context were never trained, so answers may degrade, and the KV cache may grow that long.
+    """
+    source = config.sources[MAX_CONTEXT.name]
+    if source == "default":
+        fitted = default_context_for(ram_bytes, trained)
+        if fitted == config.max_context:
+            return config
+        sources = {**config.sources, MAX_CONTEXT.name: "default (the model's trained context)"}
+        return replace(config, max_context=fitted, sources=MappingProxyType(sources))
+    if trained is not None and config.max_context > trained:
+        log.warning(
+            "warning: max context %d from %s is above the %d tokens the model was trained for; "
+            "serving it as set",
+            config.max_context,
+            source,
+            trained,
+        )
+    return config
+
+
+def resolve_model(config: ServeConfig, *, ram_bytes: int) -> tuple[ServeConfig, Path]:
+    """The model's folder (`resolve_model_path`) and `config` fitted to it (`fit_context`): what
+    `serve` and `run` do once the knobs are resolved. A config.json that does not parse names
+    no trained context here; loading the model reports it."""
+    assert config.model is not None  # resolve_serve_config's require_model guarantees it
+    folder = resolve_model_path(config.model)
+    try:
+        trained = trained_context(read_config(folder))
+    except (OSError, ValueError):
+        trained = None
+    return fit_context(config, trained, ram_bytes=ram_bytes), folder

@@ -28,6 +28,7 @@ from macprovider.server.batch_generator import BatchStepGenerator
 from macprovider.server.batch_sampling import SamplingParams
 from macprovider.server.errors import ModelLoadError
 from macprovider.server.metrics import Metrics
+from macprovider.server.model_facts import stop_token_ids
 from macprovider.server.stops import StopStringFilter
 
 log = logging.getLogger("macprovider.serve")
@@ -169,7 +170,9 @@ class Engine:
     def _new_generator(self) -> BatchStepGenerator:
         return BatchStepGenerator(
             self.model,
-            stop_tokens=[[t] for t in sorted(self.tokenizer.eos_token_ids)],
+            stop_tokens=[
+                [t] for t in sorted(stop_token_ids(self.model_path, self.tokenizer.eos_token_ids))
+            ],
             completion_batch_size=self.max_batch,
             prefill_batch_size=self.max_batch,
         )

@@ -47,6 +47,7 @@ __all__ = [
     "TUNED_KNOBS",
     "CliOption",
     "KnobSpec",
+    "default_context_for",
     "default_max_context",
     "serve_flags",
 ]
@@ -77,6 +78,14 @@ def default_max_context(ram_bytes: int) -> int:
         if ram_bytes <= ram_limit:
             return context
     return _CONTEXT_ABOVE_TIERS
+
+
+def default_context_for(ram_bytes: int, trained: int | None) -> int:
+    """The served context window of a model trained for `trained` tokens (None: unknown) on a
+    machine with `ram_bytes` of RAM: the RAM tier, at most the trained context, since positions
+    past it were never trained and only cost KV-cache memory."""
+    tier = default_max_context(ram_bytes)
+    return tier if trained is None else min(tier, trained)
 
 
 def _const(value: T) -> Callable[[int], T]:
@@ -164,7 +173,8 @@ MAX_CONTEXT: KnobSpec[int] = KnobSpec(
     env="MACPROVIDER_MAX_CONTEXT_OVERRIDE",
     help="Longest prompt served, in tokens: a longer one gets HTTP 413 before any compute, and "
     "the KV cache never holds more.",
-    default_help=f"by RAM: {_TIERS_HELP}, more {_CONTEXT_ABOVE_TIERS}",
+    default_help=f"by RAM: {_TIERS_HELP}, more {_CONTEXT_ABOVE_TIERS}; at most the model's "
+    "trained context",
     yaml_key="max_context_override",
     from_text=_POSITIVE.from_text,
     from_yaml=_POSITIVE.from_yaml,

@@ -147,6 +147,24 @@ def tiny_model(fixtures_dir: Path) -> Path:
     return fixtures_dir / "tiny"
 
 
+@pytest.fixture(scope="session")
+def smollm2_model(fixtures_dir: Path) -> Path:
+    """The real pretrained model, SmolLM2-135M-Instruct, dequantized to bfloat16."""
+    return fixtures_dir / "smollm2-135m"
+
+
+@pytest.fixture(scope="session")
+def smollm2_q4_model(fixtures_dir: Path) -> Path:
+    """The same model as its GGUF's Q4_1/Q8_0 blocks, copied into MLX's layout without loss."""
+    return fixtures_dir / "smollm2-135m-q4"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(fixtures_dir: Path) -> Path:
+    """The GGUF both are imported from (checked against its published sha256)."""
+    return fixtures_dir / "downloads" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 StartServer = Callable[..., ServerProcess]
 
 

@@ -61,8 +61,17 @@ def test_children_in_start_order_with_their_finalizers(
             {"PATH": "/bin"},
         ),
         ({"XDG_CONFIG_HOME": "/home/me/.config"}, {}),
+        (
+            {"MACPROVIDER_MODELS_DIR": "/disk/models", "MACPROVIDER_MODEL": "m"},
+            {"MACPROVIDER_MODELS_DIR": "/disk/models"},
+        ),
     ],
-    ids=["passes-the-rest", "hides-our-variables", "hides-the-config-file"],
+    ids=[
+        "passes-the-rest",
+        "hides-our-variables",
+        "hides-the-config-file",
+        "keeps-the-models-folder",
+    ],
 )
 def test_autotunes_providers_see_no_config_of_the_operator(
     env: dict[str, str], kept: dict[str, str]

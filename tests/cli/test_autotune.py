@@ -89,7 +89,7 @@ def test_the_operator_order_is_the_contract(autotune: Autotune, models: Models) 
     done = autotune.run("--candidate-models", models("small", "large"), *QUICK, *ONE_CELL)
     assert done.code == 0, done.stderr
     assert [row.record.model for row in done.trials(stage=1)] == [models("small")]
-    assert "alternates:      (none smaller)" in done.stdout
+    assert "alternates:      (none of the same size or smaller)" in done.stdout
 
 
 def test_a_larger_context_cell_can_win_and_stage2_rows_cover_the_axes(
