@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from macprovider.actors.prewarm_errors import PrewarmIntegrityError
-from macprovider.server.models import SHARD_INDEX, WEIGHT_GLOB, weight_files
 from macprovider.server.model_facts import count_parameters, trained_context
+from macprovider.server.models import SHARD_INDEX, WEIGHT_GLOB, weight_files
 from macprovider.server.safetensors_headers import DTYPE_BITS, TensorHeader
 
 # Files every model needs besides its weights: a model without them cannot load.

@@ -39,6 +39,10 @@ def _flag_values(rec: Recommendation) -> list[tuple[str, str]]:
     return [(spec.flag, spec.text(getattr(rec.cell, spec.name))) for spec in TUNED_KNOBS]
 
 
+# Alternates are the unprobed candidates no larger than the pick (`recommendation.alternates`).
+NO_ALTERNATES = "(none of the same size or smaller)"
+
+
 def params_text(billions: float) -> str:
     if billions >= 1:
         return f"{billions:.3g}B"
@@ -104,7 +108,7 @@ def _recommendation_block(rec: Recommendation, report: RunReport) -> str:
         *(f"  {flag + ':':<17}{value}" for flag, value in _flag_values(rec)),
         f"  throughput:      {rec.tps_median:.1f} tok/s (median of {rec.replicates} replicates)",
         f"  TTFT p95:        {rec.ttft_p95_ms:.0f} ms",
-        f"  alternates:      {', '.join(report.alternates) or '(none of the same size or smaller)'}",
+        f"  alternates:      {', '.join(report.alternates) or NO_ALTERNATES}",
     ]
     if report.alternates:
         try_one = shlex.join([PROG, "autotune", "--candidate-models", report.alternates[0]])

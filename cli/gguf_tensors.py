@@ -31,8 +31,8 @@ from macprovider.cli.errors import ModelImportError
 
 __all__ = [
     "DEQUANTIZED_TYPES",
-    "LOSSLESS_BITS",
     "GROUP_SIZE",
+    "LOSSLESS_BITS",
     "ConvertedTensor",
     "convert_tensor",
     "mlx_name",
@@ -60,7 +60,11 @@ _LAYER_PARTS: Final = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-_TOP_LEVEL: Final = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_TOP_LEVEL: Final = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
 _LAYER_NAME: Final = re.compile(r"blk\.(?P<layer>\d+)\.(?P<part>\w+)\.weight")
 
 U8 = npt.NDArray[np.uint8]
@@ -120,9 +124,10 @@ def convert_tensor(
             LOSSLESS_BITS[kind],
         )
     if kind not in DEQUANTIZED_TYPES and kind not in LOSSLESS_BITS:
+        supported = ", ".join(sorted(t.name for t in (*DEQUANTIZED_TYPES, *LOSSLESS_BITS)))
         raise ModelImportError(
             f"{source}: tensor {tensor.name} has type {kind.name}, which cannot be imported"
-            f" (supported: {', '.join(sorted(t.name for t in (*DEQUANTIZED_TYPES, *LOSSLESS_BITS)))})"
+            f" (supported: {supported})"
         )
     # GGUF lists dimensions innermost first; numpy wants them outermost first.
     shape = tuple(int(n) for n in reversed(tensor.shape))

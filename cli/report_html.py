@@ -19,6 +19,7 @@ from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.recommendation import Recommendation
 from macprovider.actors.store_records import StoredTrial
 from macprovider.cli.atomic_file import replace_file
+from macprovider.cli.autotune_render import NO_ALTERNATES
 from macprovider.cli.errors import ReportHtmlError
 from macprovider.cli.report_chart import chart_svg, knob_text, record_knobs
 from macprovider.cli.run_report import RunReport
@@ -198,7 +199,7 @@ def _rec_facts(rec: Recommendation, report: RunReport) -> list[tuple[str, str]]:
         *((spec.flag, spec.text(getattr(rec.cell, spec.name))) for spec in TUNED_KNOBS),
         ("throughput", f"{rec.tps_median:.1f} tok/s (median of {rec.replicates} replicates)"),
         ("TTFT p95", f"{rec.ttft_p95_ms:.0f} ms"),
-        ("alternates", ", ".join(report.alternates) or "(none of the same size or smaller)"),
+        ("alternates", ", ".join(report.alternates) or NO_ALTERNATES),
     ]
 
 

@@ -7,9 +7,9 @@ whichever layer it came from. The knobs themselves are declared once, in the kno
 imports one module.
 
 Pure functions: the only I/O is reading the YAML file, and, once the model's folder is known
-(`resolve_model`), its config.json for the context it was trained for. CLI values arrive as raw strings, like
-environment values, so that a bad `--kv-bits 7` and a bad `MACPROVIDER_KV_BITS=7` produce the
-same one-line `ConfigError`.
+(`resolve_model`), its config.json for the context it was trained for. CLI values arrive as raw
+strings, like environment values, so that a bad `--kv-bits 7` and a bad `MACPROVIDER_KV_BITS=7`
+produce the same one-line `ConfigError`.
 """
 
 from __future__ import annotations

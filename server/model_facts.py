@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from macprovider.server.models import WEIGHT_GLOB, weight_files
-from macprovider.server.safetensors_headers import TensorHeader, tensor_headers
+
+if TYPE_CHECKING:
+    from macprovider.server.safetensors_headers import TensorHeader
 
 __all__ = [
     "GENERATION_CONFIG",
@@ -73,6 +75,10 @@ def parameter_count(folder: Path) -> int:
     files = weight_files(folder)
     if not files:
         raise ValueError(f"no {WEIGHT_GLOB} file in {folder}")
+    # Here, not at the top: `serve` reads the trained context from this module without paying
+    # for the safetensors library before its knobs are known good.
+    from macprovider.server.safetensors_headers import tensor_headers
+
     return count_parameters(tensor_headers(files), read_config(folder))
 
 
@@ -133,9 +139,9 @@ def quantized_parameters(
     for dim in weight_shape[:-1]:
         rows *= dim
     for width in (groups * group_size, words * _WORD_BITS // bits):
-        if words * _WORD_BITS % width == 0 and words * _WORD_BITS // width in _PACKED_BITS:
-            if width % groups == 0:
-                return rows * width
+        packed = words * _WORD_BITS
+        if packed % width == 0 and packed // width in _PACKED_BITS and width % groups == 0:
+            return rows * width
     raise ValueError(
         f"{name}: {words} packed words and {groups} scale groups per row do not fit "
         f"config.json's {bits} bits in groups of {group_size}"

@@ -2,9 +2,9 @@
 
 A model argument is, in this order: a local folder (taken as it is); the name of a folder in the
 models folder (`places.models_dir`, where `models import` writes); or a Hugging Face repo id,
-looked up in the local HF cache only: nothing here downloads (pre-warm fetches, through huggingface_hub, when
-the lookup says the cache lacks the model). huggingface_hub is imported on first lookup of a
-repo id, so `serve` of a local folder never loads it.
+looked up in the local HF cache only: nothing here downloads (pre-warm and `models pull` fetch,
+through huggingface_hub, when the lookup says the cache lacks the model). huggingface_hub is
+imported on first lookup of a repo id, so `serve` of a local folder never loads it.
 
 The weight-file names are mlx-lm's: its loader (`mlx_lm.utils.load_model`) reads every
 `model*.safetensors` of the folder (`model.safetensors`, or shards named

@@ -12,6 +12,13 @@ import pytest
 from huggingface_hub import constants
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
+# The real model's known answer: SmolLM2-135M-Instruct (its Q4_1 GGUF, as `models import` copies
+# or dequantizes it) at temperature 0, with its own chat template and default system prompt.
+NEURAL_NETWORK = "Explain what a neural network is in two sentences."
+NEURAL_NETWORK_ANSWER = (
+    "A neural network is a type of machine learning algorithm inspired by the human brain's"
+    " neural network, which is composed of interconnected layers of interconnected nodes."
+)
 WEIGHTS = "model.safetensors"
 
 

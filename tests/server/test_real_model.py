@@ -23,16 +23,10 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from macprovider.actors.probe_prompt import build_probe_prompt, load_prompt_tokenizer
 from tests.conftest import ServerProcess, StartServer
+from tests.model_files import NEURAL_NETWORK, NEURAL_NETWORK_ANSWER
 
-QUESTION: list[ChatCompletionMessageParam] = [
-    {"role": "user", "content": "Explain what a neural network is in two sentences."}
-]
-# What SmolLM2-135M-Instruct answers at temperature 0 (mlx-lm and mlx_lm.server agree).
-ANSWER = (
-    "A neural network is a computer system inspired by the human brain. It uses algorithms "
-    "to learn from data and make predictions."
-)
-FIRST_SENTENCE = ANSWER.split(". ")[0] + "."
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": NEURAL_NETWORK}]
+FIRST_WORDS = " ".join(NEURAL_NETWORK_ANSWER.split()[:12])
 CONTROL_TEXT = ("<|im_end|>", "<|im_start|>", "<|endoftext|>")
 MAX_TOKENS = 60
 
@@ -73,15 +67,16 @@ def client(server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
 
 
-def ask(server: ServerProcess, **extra: Any) -> Any:
+def ask(server: ServerProcess, model: str = "smollm2-135m", **extra: Any) -> Any:
+    """The question at temperature 0; `model` is the served folder's name, which it answers to."""
     return client(server).chat.completions.create(
-        model="smollm2-135m", messages=QUESTION, max_tokens=MAX_TOKENS, temperature=0, **extra
+        model=model, messages=QUESTION, max_tokens=MAX_TOKENS, temperature=0, **extra
     )
 
 
 def test_mlx_lm_itself_answers_the_known_sentence(reference: Reference) -> None:
     # The import is right (Q/K rows, tokenizer, template) only if the model says this.
-    assert reference.text == ANSWER
+    assert reference.text == NEURAL_NETWORK_ANSWER
     assert reference.finish_reason == "stop"
 
 
@@ -139,18 +134,16 @@ def test_the_context_gate_counts_real_bpe_tokens(
     assert refused.json()["error"]["code"] == "context_length_exceeded"
 
 
-def test_an_8_bit_kv_cache_keeps_the_answer(
-    start_server: StartServer, smollm2_model: Path
-) -> None:
+def test_an_8_bit_kv_cache_keeps_the_answer(start_server: StartServer, smollm2_model: Path) -> None:
     server = start_server(smollm2_model, "--kv-bits", "8")
     content = ask(server).choices[0].message.content
-    assert content.startswith(FIRST_SENTENCE)
+    assert content.startswith(FIRST_WORDS)
 
 
 def test_the_lossless_q4_copy_answers_like_its_bf16_form(
     start_server: StartServer, smollm2_q4_model: Path
 ) -> None:
     server = start_server(smollm2_q4_model)
-    reply = ask(server)
-    assert reply.choices[0].message.content.startswith(FIRST_SENTENCE)
+    reply = ask(server, smollm2_q4_model.name)
+    assert reply.choices[0].message.content.startswith(FIRST_WORDS)
     assert reply.choices[0].finish_reason == "stop"
