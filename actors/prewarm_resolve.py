@@ -4,6 +4,7 @@ when the local Hugging Face cache lacks it (the only network access of pre-warm)
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import snapshot_download
@@ -11,7 +12,7 @@ from safetensors import SafetensorError
 
 from macprovider.actors.prewarm_errors import ModelNotCached, PrewarmError
 from macprovider.server.model_facts import parameter_count
-from macprovider.server.models import NotAModelId, NotInHfCache, locate_model
+from macprovider.server.models import NotAModelId, NotInHfCache, locate_model, weight_files
 
 Fetch = Callable[[str, Path | None], object]
 
@@ -38,12 +39,20 @@ def fetch_from_hub(model_id: str, cache_dir: Path | None) -> object:
     return snapshot_download(model_id, cache_dir=cache_dir)
 
 
-def local_parameters(model_id: str, cache_dir: Path | None = None) -> int | None:
-    """The parameter count (`model_facts.parameter_count`) of a model already on this machine;
-    None when it is not local (nothing is fetched) or unreadable."""
+@dataclass(frozen=True)
+class LocalSize:
+    parameters: int  # `model_facts.parameter_count`: the same for every dtype of a model
+    weight_bytes: int  # the weight files mlx-lm loads, as they are on disk
+
+
+def local_size(model_id: str, cache_dir: Path | None = None) -> LocalSize | None:
+    """The size of a model already on this machine; None when it is not local (nothing is
+    fetched) or unreadable."""
     try:
         folder = resolve_local(model_id, cache_dir)
         # Headers only: hashing gigabytes of weights just to rank them is not worth it.
-        return parameter_count(folder) or None
+        parameters = parameter_count(folder)
+        weight_bytes = sum(path.stat().st_size for path in weight_files(folder))
     except (PrewarmError, OSError, ValueError, SafetensorError):
         return None
+    return LocalSize(parameters, weight_bytes) if parameters else None

@@ -47,7 +47,7 @@ from macprovider.cli.progress import LiveProgress, PlainProgress
 from macprovider.cli.run import default_state_dir
 from macprovider.cli.run_report import (
     RunReport,
-    candidate_sizes_b,
+    candidate_sizes,
     load_report,
     previous_comparable,
 )
@@ -88,7 +88,7 @@ def autotune_command(
         click.echo(f"{PROG}: warning: {warning}", err=True)
     db = db_path or default_db_path(os.environ)
     if dry_run:
-        click.echo(render_plan(settings, candidate_sizes_b(settings.candidates)))
+        click.echo(render_plan(settings, candidate_sizes(settings.candidates)))
         return 0
     if report_only:
         _report_only(db, output, apply_to)

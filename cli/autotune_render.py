@@ -9,7 +9,6 @@ in running text.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
 
 from macprovider.actors.autotune_inputs import TuneSettings
 from macprovider.actors.exit_reasons import ExitReason
@@ -17,7 +16,7 @@ from macprovider.actors.messages import Knobs
 from macprovider.actors.recommendation import Recommendation
 from macprovider.actors.tune_events import Timings, TrialEvent
 from macprovider.actors.tuning import Cell, stage2_cells
-from macprovider.cli.run_report import RunReport
+from macprovider.cli.run_report import CandidateSizes, RunReport
 from macprovider.server.knobs import TUNED_KNOBS
 
 PROG = "macprovider-supervise"
@@ -43,13 +42,7 @@ def _flag_values(rec: Recommendation) -> list[tuple[str, str]]:
 NO_ALTERNATES = "(none of the same size or smaller)"
 
 
-def params_text(billions: float) -> str:
-    if billions >= 1:
-        return f"{billions:.3g}B"
-    return f"{billions * 1000:.3g}M"
-
-
-def render_plan(settings: TuneSettings, sizes_b: Mapping[str, float]) -> str:
+def render_plan(settings: TuneSettings, sizes: CandidateSizes) -> str:
     """`--dry-run`: what a run would do, in order; nothing is started or written."""
     lines = ["PLAN (dry run: nothing started, nothing written)", ""]
     lines.append(f"target context: {settings.target_context} tokens")
@@ -58,9 +51,7 @@ def render_plan(settings: TuneSettings, sizes_b: Mapping[str, float]) -> str:
         f"({settings.stage1_replicates} replicate(s) each, TTFT gate {settings.gate_ttft_ms:g} ms):"
     )
     for rank, model in enumerate(settings.candidates, start=1):
-        size = sizes_b.get(model)
-        size_text = f"{params_text(size)} parameters" if size is not None else "size unknown"
-        lines.append(f"  {rank}. {model}  ({size_text})")
+        lines.append(f"  {rank}. {model}  ({sizes.text(model)})")
     cells = stage2_cells(settings.kv_bits_axis, settings.max_batch_axis, settings.max_context_axis)
     lines.append(
         f"Stage 2: {len(cells)} cells for the chosen model, "
@@ -103,7 +94,7 @@ def _recommendation_block(rec: Recommendation, report: RunReport) -> str:
         title += f" (PARTIAL: {reason}; the best cell measured so far)"
     lines = [
         title,
-        f"  model:           {rec.model}",
+        f"  model:           {rec.model}  ({report.sizes.text(rec.model)})",
         f"  target context:  {rec.target_context} tokens",
         *(f"  {flag + ':':<17}{value}" for flag, value in _flag_values(rec)),
         f"  throughput:      {rec.tps_median:.1f} tok/s (median of {rec.replicates} replicates)",

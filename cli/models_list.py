@@ -19,6 +19,7 @@ from typing import Any
 from safetensors import SafetensorError
 
 from macprovider.actors.prewarm_integrity import REQUIRED_FILES
+from macprovider.cli.size_text import bytes_text, parameters_text
 from macprovider.server.knobs import DEFAULT_MAX_BATCH, default_context_for
 from macprovider.server.memory_budget import estimate_need, format_gb, model_shape, read_weights
 from macprovider.server.model_facts import parameter_count, read_config, trained_context
@@ -283,30 +284,12 @@ def _row(entry: ModelEntry) -> Sequence[str]:
         model_id,
         entry.source,
         entry.architecture or "?",
-        _count(entry.parameters),
-        _bytes(entry.size_bytes),
+        parameters_text(entry.parameters),
+        bytes_text(entry.size_bytes),
         entry.quantization or "?",
         _fits(entry),
         entry.path,
     )
-
-
-def _count(parameters: int | None) -> str:
-    if parameters is None:
-        return "?"
-    for scale, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
-        if parameters >= scale:
-            return f"{parameters / scale:.1f}{suffix}"
-    return str(parameters)
-
-
-def _bytes(size: int | None) -> str:
-    if size is None:
-        return "?"
-    for scale, suffix in ((10**12, "TB"), (10**9, "GB"), (10**6, "MB"), (10**3, "kB")):
-        if size >= scale:
-            return f"{size / scale:.1f} {suffix}"
-    return f"{size} B"
 
 
 def _fits(entry: ModelEntry) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from macprovider.actors.autotune_inputs import default_sizes_b
 from macprovider.actors.exit_reasons import ExitReason
-from macprovider.actors.prewarm_resolve import local_parameters
+from macprovider.actors.prewarm_resolve import local_size
 from macprovider.actors.recommendation import (
     Infeasible,
     Recommendation,
@@ -26,8 +26,24 @@ from macprovider.actors.store_errors import StoreError
 from macprovider.actors.store_reader import ReadOnlyStore
 from macprovider.actors.store_records import StoredRun, StoredTrial
 from macprovider.cli.errors import ReportError
+from macprovider.cli.size_text import model_size_text
 
 BILLION = 1e9
+
+
+@dataclass(frozen=True)
+class CandidateSizes:
+    """What the candidates weigh: billions of parameters (which orders them: the default
+    list's metadata, else the local weights' headers) and, for those on this machine, the bytes
+    of their weight files (shown beside: a 4-bit copy has the parameters of its bf16 form)."""
+
+    billions: Mapping[str, float]
+    weight_bytes: Mapping[str, int]
+
+    def text(self, model: str) -> str:
+        billions = self.billions.get(model)
+        parameters = None if billions is None else round(billions * BILLION)
+        return model_size_text(parameters, self.weight_bytes.get(model))
 
 
 @dataclass(frozen=True)
@@ -35,9 +51,10 @@ class RunReport:
     run: StoredRun
     trials: tuple[StoredTrial, ...]
     recommendation: Recommendation | None
-    alternates: tuple[str, ...]  # smaller candidates never probed, input order
+    alternates: tuple[str, ...]  # candidates never probed no larger than the pick, input order
     infeasible: tuple[Infeasible, ...]  # Stage 1 verdicts "does not fit", smallest first
     db_path: Path
+    sizes: CandidateSizes
 
     @property
     def exit_reason(self) -> ExitReason | None:
@@ -77,7 +94,7 @@ def _verdict(trial: StoredTrial) -> bool:
 
 
 def build_report(
-    run: StoredRun, trials: Sequence[StoredTrial], sizes: Mapping[str, float], db_path: Path
+    run: StoredRun, trials: Sequence[StoredTrial], sizes: CandidateSizes, db_path: Path
 ) -> RunReport:
     candidates = run.start.candidate_models
     recommendation = None
@@ -87,29 +104,31 @@ def build_report(
         recommendation = Recommendation.from_json(document, partial=partial)
     others: tuple[str, ...] = ()
     if recommendation is not None and recommendation.model in candidates:
-        others = alternates(candidates, recommendation.model, sizes)
+        others = alternates(candidates, recommendation.model, sizes.billions)
     rows = [
         Infeasible(t.record.model, candidates.index(t.record.model) + 1, t.record.notes or "")
         for t in trials
         if _verdict(t) and t.record.model in candidates
     ]
-    return RunReport(
-        run, tuple(trials), recommendation, others, infeasible_report(rows, sizes), db_path
-    )
+    infeasible = infeasible_report(rows, sizes.billions)
+    return RunReport(run, tuple(trials), recommendation, others, infeasible, db_path, sizes)
 
 
-def candidate_sizes_b(models: Sequence[str]) -> dict[str, float]:
-    """Sizes in billions of parameters: the default list's metadata, else the safetensors
-    headers of a model already on this machine (nothing is fetched); unknown ones are left
-    out (they sort last)."""
+def candidate_sizes(models: Sequence[str]) -> CandidateSizes:
+    """The candidates' sizes from what this machine holds (nothing is fetched); a model
+    neither in the default list's metadata nor local is left out (it sorts last)."""
     known = default_sizes_b()
-    sizes: dict[str, float] = {}
+    billions: dict[str, float] = {}
+    weight_bytes: dict[str, int] = {}
     for model in models:
+        local = local_size(model)
+        if local is not None:
+            weight_bytes[model] = local.weight_bytes
         if model in known:
-            sizes[model] = known[model]
-        elif (parameters := local_parameters(model)) is not None:
-            sizes[model] = parameters / BILLION
-    return sizes
+            billions[model] = known[model]
+        elif local is not None:
+            billions[model] = local.parameters / BILLION
+    return CandidateSizes(billions, weight_bytes)
 
 
 @contextmanager
@@ -139,7 +158,7 @@ def load_report(db_path: Path, run_id: str | None = None) -> RunReport:
                 raise ReportError(f"{db_path} has no run {run_id!r}")
             run = matches[0]
         trials = store.trials(run.start.run_id)
-    sizes = candidate_sizes_b(run.start.candidate_models)
+    sizes = candidate_sizes(run.start.candidate_models)
     return build_report(run, trials, sizes, db_path)
 
 
@@ -150,7 +169,7 @@ def previous_comparable(db_path: Path, report: RunReport) -> RunReport | None:
         if not earlier:
             return None
         trials = store.trials(earlier[-1].start.run_id)
-    sizes = candidate_sizes_b(earlier[-1].start.candidate_models)
+    sizes = candidate_sizes(earlier[-1].start.candidate_models)
     return build_report(earlier[-1], trials, sizes, db_path)
 
 

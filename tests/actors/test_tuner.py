@@ -40,7 +40,7 @@ from macprovider.actors.trial_outcome import TrialOutcome
 from macprovider.actors.tune_events import TuneSummary
 from macprovider.actors.tuner import Peers, Tuner
 from macprovider.actors.tuning import Cell, Replicate, stage2_cells
-from macprovider.cli.run_report import RunReport, build_report, candidate_sizes_b
+from macprovider.cli.run_report import RunReport, build_report, candidate_sizes
 from tests.actors.tuner_peers import (
     STANDIN_COMMAND,
     At,
@@ -148,7 +148,7 @@ class Rig:
     def report(self) -> RunReport:
         """The run as every output renders it, built from what the Tuner stored."""
         run = self.stored_run()
-        sizes = candidate_sizes_b(run.start.candidate_models)
+        sizes = candidate_sizes(run.start.candidate_models)
         return build_report(run, self.trials(), sizes, Path("autotune.sqlite"))
 
     def stored_run(self) -> StoredRun:

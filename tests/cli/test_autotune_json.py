@@ -33,13 +33,13 @@ from macprovider.cli.autotune_json import (
     run_document,
     utc_timestamp,
 )
-from macprovider.cli.run_report import RunReport, build_report
+from macprovider.cli.run_report import CandidateSizes, RunReport, build_report
 
 STARTED = datetime(2026, 11, 25, 9, 0, 0, 123456, tzinfo=UTC)
 ENDED = STARTED + timedelta(minutes=42)
 LARGE, MEDIUM, SMALL = "org/large-32B", "org/medium-14B", "org/small-7B"
 CANDIDATES = (LARGE, MEDIUM, SMALL)  # largest first, as given
-SIZES = {LARGE: 32.0, MEDIUM: 14.0, SMALL: 7.0}
+SIZES = CandidateSizes({LARGE: 32.0, MEDIUM: 14.0, SMALL: 7.0}, {})
 DB_PATH = Path("/home/op/.config/macprovider/autotune.sqlite")
 TARGET = 2000
 OOM = "provider exited during load: [METAL] out of memory"

@@ -21,14 +21,14 @@ from macprovider.actors.tuning import Cell
 from macprovider.cli import report_chart
 from macprovider.cli.errors import ReportHtmlError
 from macprovider.cli.report_html import render_html, write_html
-from macprovider.cli.run_report import RunReport, build_report
+from macprovider.cli.run_report import CandidateSizes, RunReport, build_report
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 BIG = "mlx-community/Qwen2.5-14B-Instruct-4bit"
 MID = "mlx-community/Qwen2.5-Coder-7B-Instruct-4bit"
 SMALL = "mlx-community/Llama-3.2-3B-Instruct-4bit"
 CANDIDATES = (BIG, MID, SMALL)
-SIZES = {BIG: 14.8, MID: 7.6, SMALL: 3.2}
+SIZES = CandidateSizes({BIG: 14.8, MID: 7.6, SMALL: 3.2}, {})
 TARGET = 2000
 SVG_NS = "{http://www.w3.org/2000/svg}"
 

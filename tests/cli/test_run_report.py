@@ -24,12 +24,17 @@ from macprovider.cli.autotune import default_db_path
 from macprovider.cli.autotune_render import render_comparison, render_report
 from macprovider.cli.errors import ReportError
 from macprovider.cli.exits import EX_NOINPUT
-from macprovider.cli.run_report import build_report, load_report, previous_comparable
+from macprovider.cli.run_report import (
+    CandidateSizes,
+    build_report,
+    load_report,
+    previous_comparable,
+)
 from tests.conftest import clean_env, supervise_argv
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 BIG, MID, SMALL, TINY = "org/big", "org/mid", "org/small", "org/tiny"
-SIZES = {BIG: 30.0, MID: 7.0, SMALL: 3.0, TINY: 1.0}
+SIZES = CandidateSizes({BIG: 30.0, MID: 7.0, SMALL: 3.0, TINY: 1.0}, {})
 REC = Recommendation(MID, 2000, Cell(None, 2, 2048), 21.5, 850.0, 3, partial=False)
 
 

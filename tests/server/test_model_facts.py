@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from macprovider.actors.prewarm_integrity import check_integrity
-from macprovider.actors.prewarm_resolve import local_parameters
+from macprovider.actors.prewarm_resolve import local_size
 from macprovider.server.model_facts import (
     count_parameters,
     eos_ids,
@@ -146,7 +146,8 @@ def test_a_4_bit_checkpoint_counts_as_many_parameters_as_its_source(
     assert parameter_count(quantized_tiny) == TINY_PARAMETERS
     # Pre-warm's report and the size report count by the same rule.
     assert check_integrity(quantized_tiny).parameters == TINY_PARAMETERS
-    assert local_parameters(str(quantized_tiny)) == TINY_PARAMETERS
+    size = local_size(str(quantized_tiny))
+    assert size is not None and size.parameters == TINY_PARAMETERS
     # The on-disk sizes are still the files': a fraction of the source's.
     assert (
         check_integrity(quantized_tiny).weight_bytes < check_integrity(tiny_model).weight_bytes / 4
