@@ -54,6 +54,7 @@ from macprovider.actors.tuning import (
     CellResult,
     Replicate,
     aggregate,
+    beyond_training,
     budget_exit_reason,
     keeps_best,
     stage2_cells,
@@ -222,15 +223,9 @@ class Tuner:
             return _unmeasured(f"pre-warm transient: {error.cause}")
         except PrewarmError as error:
             return _unmeasured(f"pre-warm failed: {error}")
-        # A model trained for less than the operator's target cannot serve it well, however fast
-        # it runs: refused here rather than measured at positions it never learned. Stage 2's
-        # axis is the operator's own (each provider warns of a cell past the trained context).
-        trained, context = warmed.report.trained_context, self._settings.stage1_context()
-        if trained is not None and context > trained:
-            return _unmeasured(
-                f"trained for {trained} tokens, below Stage 1's context {context} "
-                "(--target-context + --probe-max-tokens)"
-            )
+        context = self._settings.stage1_context()
+        if (refusal := beyond_training(warmed.report.trained_context, context)) is not None:
+            return _unmeasured(refusal)
         try:
             tokenizer = load_prompt_tokenizer(warmed.report.folder)
             prompt = build_probe_prompt(tokenizer.count, self._settings.target_context)

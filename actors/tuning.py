@@ -214,3 +214,16 @@ def budget_exit_reason(stage: int, has_best: bool) -> ExitReason:
     if stage == 2 and has_best:
         return ExitReason.BUDGET_EXHAUSTED_WITH_PARTIAL_RECOMMENDATION
     return ExitReason.BUDGET_EXHAUSTED_NO_MODEL_SELECTED
+
+
+def beyond_training(trained: int | None, context: int) -> str | None:
+    """Why a candidate trained for `trained` tokens cannot be measured at Stage 1's `context`,
+    or None. A model is not asked to serve positions it never learned, however fast it runs:
+    its answers there are not the model's. (Stage 2's axis is the operator's own; each
+    provider warns of a cell past the trained context.)"""
+    if trained is None or context <= trained:
+        return None
+    return (
+        f"trained for {trained} tokens, below Stage 1's context {context} "
+        "(--target-context + --probe-max-tokens)"
+    )

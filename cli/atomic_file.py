@@ -164,12 +164,13 @@ def _remove_stale_temps(folder: Path, name: str) -> None:
     with contextlib.suppress(OSError):
         for entry in folder.iterdir():
             match = _TEMP_NAME.fullmatch(entry.name)
-            if match and match["name"] == name and not _alive(int(match["pid"])):
+            if match and match["name"] == name and not pid_alive(int(match["pid"])):
                 with contextlib.suppress(OSError):
                     entry.unlink()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (another user's counts as alive: not ours to judge)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -61,16 +61,23 @@ def llama_config(
 ) -> dict[str, Any]:
     """config.json for mlx-lm's `llama` model (without `quantization`, added by the caller)."""
 
-    def need(key: str) -> int:
-        value = meta.get(f"{ARCHITECTURE}.{key}")
-        if not isinstance(value, int) or value <= 0:
+    def need(key: str, default: int | None = None) -> int:
+        # A count that is missing, not an integer (a per-layer array, a string) or not positive
+        # would fail later as a TypeError or a reshape deep in the conversion.
+        value = meta.get(f"{ARCHITECTURE}.{key}", default)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ModelImportError(f"{source}: {ARCHITECTURE}.{key} is {value!r}, not a count")
         return value
 
     hidden, heads = need("embedding_length"), need("attention.head_count")
-    kv_heads = meta.get(f"{ARCHITECTURE}.attention.head_count_kv", heads)
-    head_dim = meta.get(f"{ARCHITECTURE}.attention.key_length", hidden // heads)
-    rope_dim = meta.get(f"{ARCHITECTURE}.rope.dimension_count", head_dim)
+    kv_heads = need("attention.head_count_kv", heads)
+    if heads % kv_heads:
+        raise ModelImportError(
+            f"{source}: {ARCHITECTURE}.attention.head_count_kv {kv_heads} does not divide"
+            f" attention.head_count {heads}"
+        )
+    head_dim = need("attention.key_length", hidden // heads)
+    rope_dim = need("rope.dimension_count", head_dim)
     if rope_dim != head_dim:
         # mlx-lm's Llama rotates whole heads; a partial rotary dimension is another model.
         raise ModelImportError(
@@ -81,7 +88,7 @@ def llama_config(
         raise ModelImportError(
             f"{source}: {ARCHITECTURE}.rope.scaling.type {scaling!r} is not supported"
         )
-    ids = special_ids(meta)
+    ids = special_ids(meta, vocab_size, source)
     return {
         "model_type": ARCHITECTURE,
         "architectures": ["LlamaForCausalLM"],
@@ -110,13 +117,26 @@ class SpecialIds:
     eos: list[int]  # the file's eos first, then its end-of-turn / end-of-message ids
 
 
-def special_ids(meta: Mapping[str, Any]) -> SpecialIds:
+def special_ids(meta: Mapping[str, Any], vocab_size: int, source: str) -> SpecialIds:
+    """The file's special ids, each checked to be a token of the `vocab_size` there are."""
+
+    def token_id(key: str) -> int | None:
+        value = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < vocab_size:
+            raise ModelImportError(
+                f"{source}: tokenizer.ggml.{key}_token_id is {value!r},"
+                f" not a token id (vocabulary of {vocab_size})"
+            )
+        return value
+
     eos: list[int] = []
     for key in ("eos", "eot", "eom"):
-        token = meta.get(f"tokenizer.ggml.{key}_token_id")
-        if isinstance(token, int) and token not in eos:
+        token = token_id(key)
+        if token is not None and token not in eos:
             eos.append(token)
-    return SpecialIds(meta.get("tokenizer.ggml.bos_token_id"), eos)
+    return SpecialIds(token_id("bos"), eos)
 
 
 @dataclass(frozen=True)
@@ -147,11 +167,13 @@ def model_files(meta: Mapping[str, Any], source: str) -> ModelFiles:
         for key, name in GGUF_TOKENIZER_MAPPING["tokenizer"].items()
         if f"tokenizer.{key}" in meta
     }
+    tokens = tokenizer_dict.get("tokens")
+    if not isinstance(tokens, list) or not tokens:
+        raise ModelImportError(f"{source}: tokenizer.ggml.tokens (the vocabulary) is missing")
+    ids = special_ids(meta, len(tokens), source)
     tokenizer, _ = convert_gguf_tokenizer(ARCHITECTURE, tokenizer_dict)
     if tokenizer_type == "gpt2" and pre in _OWN_PRE:
         tokenizer.pre_tokenizer = _OWN_PRE[pre]()
-    tokens: list[str] = tokenizer_dict["tokens"]
-    ids = special_ids(meta)
     # llama.cpp's default for a sentencepiece vocabulary that does not say is to add BOS.
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", tokenizer_type == "llama"))
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))

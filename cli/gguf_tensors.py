@@ -9,6 +9,11 @@ undo llama.cpp's Q/K row permutation, and re-encode the data:
   dequantized by gguf-py itself.
 - `dense`: every tensor dequantized by gguf-py.
 
+Everything that is not packed integers (dense weights, scales, biases) takes the one dtype the
+caller names. d and m are float16, so float16 and float32 scales hold them exactly; −8d and
+−128d are exact too unless they overflow float16 (|d| > 8188, > 511.75), and bfloat16 drops
+three of d's bits. A copy that would not be exact is refused, never rounded.
+
 The Q/K permutation moves whole rows, and quantization groups run along a row (the input
 dimension), so permuting the rows of the packed weights, scales and biases alike undoes it
 losslessly.
@@ -31,6 +36,7 @@ from macprovider.cli.errors import ModelImportError
 
 __all__ = [
     "DEQUANTIZED_TYPES",
+    "FLOAT_TYPES",
     "GROUP_SIZE",
     "LOSSLESS_BITS",
     "ConvertedTensor",
@@ -42,11 +48,13 @@ __all__ = [
 Q = GGMLQuantizationType
 GROUP_SIZE: Final = 32  # a Q4_0/Q4_1/Q8_0 block: 32 weights sharing one scale (and bias)
 LOSSLESS_BITS: Final = {Q.Q4_0: 4, Q.Q4_1: 4, Q.Q8_0: 8}
+FLOAT_TYPES: Final = frozenset({Q.F32, Q.F16, Q.BF16})  # the types that are not quantized
+_FLOAT16_MAX: Final = float(np.finfo(np.float16).max)
 # What `keep` dequantizes (and `dense` too, with the lossless ones): the types gguf-py's numpy
 # dequantizer reads. The IQ and ternary types are left out: no Llama GGUF we know of mixes them
 # with the rest, and each would need its own check against llama.cpp.
 DEQUANTIZED_TYPES: Final = frozenset(
-    {Q.F32, Q.F16, Q.BF16, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K}
+    {*FLOAT_TYPES, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K}
 )
 
 _LAYER_PARTS: Final = {
@@ -103,26 +111,31 @@ def convert_tensor(
     tensor: ReaderTensor,
     *,
     keep_quantized: bool,
-    dense_dtype: mx.Dtype,
+    dtype: str,
     heads: int | None,
     source: str,
 ) -> ConvertedTensor:
-    """`tensor` in MLX's layout; `heads` set for Q/K projections (their rows get
-    un-permuted); `source` names the file in an error."""
+    """`tensor` in MLX's layout, its non-integer arrays in `dtype` (`float16`, `bfloat16`,
+    `float32`); `heads` set for Q/K projections (their rows get un-permuted); `source` names
+    the file in an error."""
     kind = tensor.tensor_type
     permute: Callable[[npt.NDArray[np.generic]], npt.NDArray[np.generic]] = (
         (lambda rows: unpermute_rows(rows, heads)) if heads is not None else (lambda rows: rows)
     )
     if keep_quantized and kind in LOSSLESS_BITS:
         packed, scales, biases = _affine_from_blocks(np.asarray(tensor.data, np.uint8), kind)
-        return ConvertedTensor(
-            {
-                "weight": mx.array(permute(packed)),
-                "scales": mx.array(permute(scales)),
-                "biases": mx.array(permute(biases)),
-            },
-            LOSSLESS_BITS[kind],
-        )
+        arrays = {"weight": mx.array(permute(packed))}
+        for part, values in (("scales", scales), ("biases", biases)):
+            narrowed = mx.array(permute(values)).astype(getattr(mx, dtype))
+            # Widening back to float32 is exact, so any difference is a bit the dtype lost.
+            widened = np.array(narrowed.astype(mx.float32))
+            if not np.array_equal(widened, permute(values), equal_nan=True):
+                raise ModelImportError(
+                    f"{source}: tensor {tensor.name}'s {kind.name} {part} do not fit {dtype}"
+                    " exactly (float16 ends at 65504); pass --dtype float32"
+                )
+            arrays[part] = narrowed
+        return ConvertedTensor(arrays, LOSSLESS_BITS[kind])
     if kind not in DEQUANTIZED_TYPES and kind not in LOSSLESS_BITS:
         supported = ", ".join(sorted(t.name for t in (*DEQUANTIZED_TYPES, *LOSSLESS_BITS)))
         raise ModelImportError(
@@ -132,14 +145,20 @@ def convert_tensor(
     # GGUF lists dimensions innermost first; numpy wants them outermost first.
     shape = tuple(int(n) for n in reversed(tensor.shape))
     values = np.asarray(dequantize(tensor.data, kind), np.float32).reshape(shape)
-    return ConvertedTensor({"weight": mx.array(permute(values)).astype(dense_dtype)}, None)
+    if dtype == "float16" and values.size and np.nanmax(np.abs(values)) > _FLOAT16_MAX:
+        # Rounding is what a dense dtype means; infinities are not.
+        raise ModelImportError(
+            f"{source}: tensor {tensor.name} has values beyond float16's range;"
+            " pass --dtype bfloat16 or float32"
+        )
+    weight = mx.array(permute(values)).astype(getattr(mx, dtype))
+    return ConvertedTensor({"weight": weight}, None)
 
 
 def _affine_from_blocks(data: U8, kind: GGMLQuantizationType) -> tuple[U8, F32, F32]:
     """(packed uint32 weights, scales, biases) holding exactly the values of `data`, a
-    (rows, bytes per row) array of Q4_0, Q4_1 or Q8_0 blocks. Scales and biases are float32:
-    exact for the blocks' float16 d and m (and for −8d, −128d), and MLX's CPU backend runs
-    quantized matmuls with float16/bfloat16 scales about 8× slower than with float32 ones."""
+    (rows, bytes per row) array of Q4_0, Q4_1 or Q8_0 blocks. Scales and biases are float32
+    here, exact for the blocks' float16 d and m and for −8d, −128d; the caller narrows them."""
     rows = data.shape[0]
     block_bytes = {Q.Q4_0: 18, Q.Q4_1: 20, Q.Q8_0: 34}[kind]
     blocks = data.reshape(rows, -1, block_bytes)

@@ -409,6 +409,7 @@ def main() -> None:
         level=logging.INFO, format=f"%(asctime)s {PROG}: %(message)s", stream=sys.stderr
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's httpx fork
     # pykka logs every exception an actor hands back to its caller, with a traceback, at
     # INFO; those are answers (a damaged model, a database that cannot be written) that the
     # caller reports in one line. An actor that crashes is still logged, at ERROR.

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
 
@@ -25,6 +25,9 @@ from macprovider.server.memory_budget import estimate_need, format_gb, model_sha
 from macprovider.server.model_facts import parameter_count, read_config, trained_context
 from macprovider.server.models import weight_files
 from macprovider.server.safetensors_headers import tensor_headers
+
+if TYPE_CHECKING:
+    from huggingface_hub import CachedRevisionInfo
 
 HF_CACHE = "hf-cache"
 MODELS_FOLDER = "models-folder"
@@ -57,12 +60,15 @@ class ModelEntry:
 class Listing:
     hf_cache: Path
     models_folder: Path
+    models_source: str  # what chose the models folder (`places.models_dir`'s, or the flag)
     entries: list[ModelEntry]
 
 
-def list_models(hf_cache: Path, models_folder: Path, ram_bytes: int) -> Listing:
-    entries = [*_hf_cache_entries(hf_cache, ram_bytes), *_folder_entries(models_folder, ram_bytes)]
-    return Listing(hf_cache, models_folder, entries)
+def list_models(hf_cache: Path, models_folder: tuple[Path, str], ram_bytes: int) -> Listing:
+    """`models_folder` is the folder and what chose it, as `places.models_dir` returns them."""
+    folder, source = models_folder
+    entries = [*_hf_cache_entries(hf_cache, ram_bytes), *_folder_entries(folder, ram_bytes)]
+    return Listing(hf_cache, folder, source, entries)
 
 
 # --- where models are -----------------------------------------------------------------------
@@ -89,6 +95,7 @@ def _hf_cache_entries(cache: Path, ram_bytes: int) -> Iterator[ModelEntry]:
                 revision=revision.commit_hash,
                 refs=sorted(revision.refs),
                 size_bytes=revision.size_on_disk,
+                missing=_missing_from_snapshot(cache, repo.repo_id, revision),
             )
     # A repo folder huggingface_hub could not read is listed with its complaint, not dropped:
     # a half-deleted cache entry is exactly what an operator looking at this list needs to see.
@@ -99,6 +106,24 @@ def _hf_cache_entries(cache: Path, ram_bytes: int) -> Iterator[ModelEntry]:
         problem = next((c for c in complaints if folder.name in c), "not a valid cache entry")
         repo_id = folder.name.removeprefix("models--").replace("--", "/")
         yield _unreadable(repo_id, HF_CACHE, folder, problem)
+
+
+def _missing_from_snapshot(cache: Path, repo_id: str, revision: CachedRevisionInfo) -> str | None:
+    """What the snapshot lacks of the repo's file listing, which huggingface_hub caches beside it
+    (None when complete, or when no listing was cached and so nothing can tell). A pull cut short,
+    or one whose damaged file was taken out, leaves the snapshot so: `serve` will not load it."""
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+
+    try:
+        listed = get_cached_repo_tree(repo_id, revision=revision.commit_hash, cache_dir=cache)
+    except (CachedRepoTreeNotFoundError, OSError, ValueError):
+        return None
+    missing = [f.path for f in listed if not (revision.snapshot_path / f.path).is_file()]
+    if not missing:
+        return None
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return f"incomplete: {shown} missing; `models pull {repo_id}` fetches what is missing"
 
 
 def _folder_entries(models_folder: Path, ram_bytes: int) -> Iterator[ModelEntry]:
@@ -152,12 +177,12 @@ def _describe(
     revision: str | None = None,
     refs: list[str] | None = None,
     size_bytes: int | None,
+    missing: str | None = None,
 ) -> ModelEntry:
     """Each fact is read on its own, so one unreadable file costs only the facts that need it;
-    every failure is named in `problem`."""
-    problems: list[str] = [
-        f"{name}: missing" for name in REQUIRED_FILES if not (folder / name).is_file()
-    ]
+    every failure is named in `problem`, after `missing` (an HF-cache snapshot's gap)."""
+    problems: list[str] = [] if missing is None else [missing]
+    problems += [f"{name}: missing" for name in REQUIRED_FILES if not (folder / name).is_file()]
     config: dict[str, Any] | None = None
     parameters: int | None = None
     context: int | None = None
@@ -262,7 +287,10 @@ _COLUMNS = ("ID", "WHERE", "ARCHITECTURE", "PARAMS", "SIZE", "QUANT", "FITS RAM"
 
 def as_table(listing: Listing) -> str:
     """Plain aligned text; problems go on an indented line under their row, whole."""
-    looked = f"HF cache: {listing.hf_cache}\nmodels folder: {listing.models_folder}"
+    looked = (
+        f"HF cache: {listing.hf_cache}\n"
+        f"models folder: {listing.models_folder} ({listing.models_source})"
+    )
     if not listing.entries:
         return f"no models found\n{looked}"
     rows = [_COLUMNS, *(_row(entry) for entry in listing.entries)]

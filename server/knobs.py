@@ -144,7 +144,8 @@ MODEL: KnobSpec[str | None] = KnobSpec(
     name="model",
     flag="--model",
     env="MACPROVIDER_MODEL",
-    help="Model to serve: a Hugging Face repo id or a local path to MLX weights.",
+    help="Model to serve: a folder of MLX weights, a name in the models folder (`models import`, "
+    "`models list`) or a Hugging Face repo id already in the local cache (`models pull`).",
     default_help="none (required)",
     yaml_key="model",
     from_text=text_from_text,

@@ -26,7 +26,18 @@ SHARD_INDEX = "model.safetensors.index.json"
 
 
 class ModelNotLocal(Exception):
-    """`model` has no folder on this machine; the text is huggingface_hub's reason."""
+    """`model` has no folder on this machine; the text is huggingface_hub's reason.
+
+    `models_folder` is the models folder that was searched and what chose it (`places.models_dir`'s
+    source, or `given`), None when `model` was no bare name and so never looked for there;
+    `hf_cache` is the HF cache asked, None when `model` was no repo id."""
+
+    def __init__(
+        self, reason: str, models_folder: tuple[Path, str] | None, hf_cache: Path | None
+    ) -> None:
+        super().__init__(reason)
+        self.models_folder = models_folder
+        self.hf_cache = hf_cache
 
 
 class NotAModelId(ModelNotLocal):
@@ -50,42 +61,55 @@ def locate_model(
     repo id is its snapshot folder in the HF cache (`cache_dir`, by default huggingface_hub's,
     i.e. HF_HUB_CACHE).
 
-    Never touches the network. Raises NotAModelId or NotInHfCache.
+    Never touches the network. Raises NotAModelId or NotInHfCache, or ConfigError when the
+    models folder is to be searched and MACPROVIDER_MODELS_DIR is invalid.
     """
     path = Path(model).expanduser()
     if path.is_dir():
         return path
+    searched: tuple[Path, str] | None = None
     if "/" not in model and model not in (".", ".."):
-        named = (models_root or models_dir(os.environ)[0]) / model
+        searched = (models_root, "given") if models_root else models_dir(os.environ)
+        named = searched[0] / model
         if named.is_dir():
             return named
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(model, cache_dir=cache_dir, local_files_only=True))
     except HFValidationError as e:
-        raise NotAModelId(str(e)) from e
+        raise NotAModelId(str(e), searched, None) from e
     except LocalEntryNotFoundError as e:  # IncompleteSnapshotError included
-        raise NotInHfCache(str(e)) from e
+        raise NotInHfCache(str(e), searched, cache_dir or Path(constants.HF_HUB_CACHE)) from e
 
 
-def resolve_model_path(model: str) -> Path:
-    """`serve`'s model folder: `locate_model`'s, which must hold a config.json. Raises
-    ModelNotFoundError (exit 66) saying what to do."""
+def resolve_model_path(model: str, *, require_config: bool = True) -> Path:
+    """The folder `serve --model model` loads: `locate_model`'s, resolved. Raises
+    ModelNotFoundError (exit 66) naming the folders searched and saying what to do.
+
+    `models verify` passes `require_config=False`: a folder without config.json is a damaged
+    model to it (exit 65, from the integrity check), not a missing one."""
     try:
         folder = locate_model(model)
-    except NotAModelId:
-        raise ModelNotFoundError(
-            f"model {model!r}: no such folder, no such name in the models folder, and not a "
-            "Hugging Face repo id"
-        ) from None
-    except NotInHfCache:
-        raise ModelNotFoundError(
-            f"model {model!r} is not a local folder, a name in the models folder or in the "
-            f"Hugging Face cache; fetch it first with `macprovider-supervise models pull {model}` "
-            "(or let autotune pre-warm it)"
-        ) from None
-    if not (folder / "config.json").is_file():
+    except ModelNotLocal as e:
+        raise ModelNotFoundError(_not_found(model, e)) from None
+    if require_config and not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"model folder {folder} has no config.json")
     return folder.resolve()
+
+
+def _not_found(model: str, error: ModelNotLocal) -> str:
+    """One line naming every place searched, so an operator whose model sits in another models
+    folder (`models import --models-dir`) or HF cache sees which one this process used."""
+    searched = ["no such local folder"]
+    if error.models_folder is not None:
+        folder, source = error.models_folder
+        searched.append(f"no such name in the models folder {folder} ({source})")
+    if isinstance(error, NotAModelId):
+        return f"model {model!r}: {', '.join(searched)}, and not a Hugging Face repo id"
+    searched.append(f"no complete snapshot in the Hugging Face cache {error.hf_cache}")
+    return (
+        f"model {model!r}: {', '.join(searched)}; fetch it with "
+        f"`macprovider-supervise models pull {model}` (or let autotune pre-warm it)"
+    )

@@ -5,14 +5,17 @@ One rule for every folder, as the XDG Base Directory spec states it: `$XDG_CONFI
 `~/.local/state` or `~/.local/share`. An empty
 or relative value is ignored, as the spec says, rather than read against whatever the current
 directory happens to be. `~` is `$HOME` when set and non-empty, else the account's home.
-Pure functions of the environment mapping they are given, so callers and tests can pass their
-own.
+`MACPROVIDER_MODELS_DIR` is ours, not the spec's: a relative value is refused (ConfigError), not
+ignored, since an operator who set it meant it. Pure functions of the environment mapping they
+are given, so callers and tests can pass their own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+
+from macprovider.server.errors import ConfigError
 
 __all__ = ["config_dir", "config_home", "home_dir", "models_dir", "state_dir"]
 
@@ -54,10 +57,19 @@ def state_dir(env: Mapping[str, str]) -> Path:
 
 def models_dir(env: Mapping[str, str]) -> tuple[Path, str]:
     """The folder `models import` writes into and `serve --model NAME` looks in, and what chose
-    it: `$MACPROVIDER_MODELS_DIR` (absolute: models are big, operators put them on another
-    disk), else `$XDG_DATA_HOME/macprovider/models`, else `~/.local/share/macprovider/models`."""
+    it (`env MACPROVIDER_MODELS_DIR`, `env XDG_DATA_HOME` or `default`, for messages):
+    `$MACPROVIDER_MODELS_DIR` (models are big, operators put them on another disk), else
+    `$XDG_DATA_HOME/macprovider/models`, else `~/.local/share/macprovider/models`.
+
+    An empty `$MACPROVIDER_MODELS_DIR` counts as unset; a relative one raises ConfigError (exit
+    64): read against the current directory it would name a different folder for every command
+    run from elsewhere, and ignoring it would send models where the operator did not ask."""
     override = env.get(MODELS_DIR_ENV, "")
-    if override and Path(override).is_absolute():
+    if override:
+        if not Path(override).is_absolute():
+            raise ConfigError(
+                f"invalid {MODELS_DIR_ENV} {override!r} from env: must be an absolute path"
+            )
         return Path(override), f"env {MODELS_DIR_ENV}"
     base, source = _xdg_base(env, "XDG_DATA_HOME", ".local", "share")
     return base / _APP_FOLDER / "models", source

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchkit.contenders import free_port
+from benchkit.demo import demo_flags
 from benchkit.docs import provenance, write_docs
 from benchkit.places import fixtures_dir
 from benchkit.render import num, table
@@ -275,18 +276,12 @@ def render_breakdown(found: Breakdown, wall_s: float) -> str:
 
 
 def demo_argv(fixtures: Path, workdir: Path) -> list[str]:
-    candidates = ",".join(str(fixtures / name) for name in ("large", "medium", "small", "tiny"))
     return [
         sys.executable,
         "-m",
         "macprovider.cli",
         "autotune",
-        "--candidate-models",
-        candidates,
-        "--target-context",
-        "256",
-        "--provider-memory-limit-gb",
-        "0.08",
+        *demo_flags(fixtures),
         "--db-path",
         str(workdir / "autotune.sqlite"),
         "--state-dir",

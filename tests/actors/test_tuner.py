@@ -926,6 +926,29 @@ def test_a_transient_or_unclassified_prewarm_failure_passes_to_the_next_candidat
     assert len(rig.provider_logs()) == 2  # tiny's Stage 1 and its one cell
 
 
+def test_a_candidate_trained_shorter_than_stage1s_context_is_not_measured(
+    make_rig: MakeRig, fixture_models: dict[str, str], tmp_path: Path
+) -> None:
+    tiny = Path(fixture_models["tiny"])
+    config = json.loads((tiny / "config.json").read_text()) | {"max_position_embeddings": 64}
+    short = model_variant(tiny, tmp_path / "short", {"config.json": json.dumps(config).encode()})
+    script: dict[At, list[Step]] = {s1(str(tiny)): [FIT], at(str(tiny), None, 1): [rate(10.0)] * 3}
+    rig = make_rig([str(short), str(tiny)], script)
+
+    summary = rig.tune()
+
+    assert summary.exit_reason is ExitReason.OK
+    refused, fit = (row.record for row in rig.trials(1))
+    assert (refused.model, refused.outcome, refused.fits) == (
+        str(short),
+        TrialOutcome.PREWARM_FAILED,
+        False,
+    )
+    assert refused.notes is not None and refused.notes.startswith("trained for 64 tokens, below")
+    assert fit.model == str(tiny) and fit.fits
+    assert len(rig.provider_logs()) == 2  # no provider for the short model: tiny's two trials
+
+
 # --- 9. the TunerActor under the real Supervisor ---------------------------------------------
 
 

@@ -7,6 +7,7 @@ from macprovider.actors.tuning import (
     CellResult,
     Replicate,
     aggregate,
+    beyond_training,
     budget_exit_reason,
     keeps_best,
     nearest_rank_percentile,
@@ -309,3 +310,17 @@ def test_budget_exit_reason(stage: int, has_best: bool, expected: str) -> None:
 def test_budget_exit_reason_rejects_unknown_stages(stage: int) -> None:
     with pytest.raises(ValueError):
         budget_exit_reason(stage, True)
+
+
+@pytest.mark.parametrize(
+    ("trained", "context", "refused"),
+    [(None, 200_000, False), (8192, 8192, False), (8192, 2048, False), (8192, 8193, True)],
+    ids=["unknown", "exactly", "below", "one-past"],
+)
+def test_a_candidate_is_not_measured_past_its_trained_context(
+    trained: int | None, context: int, refused: bool
+) -> None:
+    reason = beyond_training(trained, context)
+    assert (reason is not None) == refused
+    if reason is not None:
+        assert f"trained for {trained} tokens" in reason and str(context) in reason

@@ -6,13 +6,14 @@ llama.cpp's converter does, so an import that round-trips them proves the un-per
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFValue, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize, quantize
 from tokenizers.pre_tokenizers import ByteLevel
 
@@ -103,9 +104,11 @@ def write_gguf(
     architecture: str = "llama",
     pre: str = "smollm",
     extra: dict[str, tuple[npt.NDArray[Any], GGMLQuantizationType]] | None = None,
+    metadata: Mapping[str, tuple[Any, GGUFValueType] | None] | None = None,
 ) -> dict[str, F32]:
     """Writes `model` with random weights as a GGUF at `path`; returns the weights the file
-    holds, decoded, in mlx-lm names and HF layout (the reference an import must reproduce)."""
+    holds, decoded, in mlx-lm names and HF layout (the reference an import must reproduce).
+    `metadata` replaces keys (value and type) or, given None, leaves them out."""
     rng = np.random.default_rng(7)
     vocab = len(model.tokens)
     q_rows, kv_rows = model.heads * model.head_dim, model.kv_heads * model.head_dim
@@ -182,6 +185,10 @@ def write_gguf(
     add("output_norm.weight", "model.norm", (model.hidden,), Q.F32)
     for name, (data, kind) in (extra or {}).items():
         writer.add_tensor(name, data, raw_dtype=kind)
+    for key, change in (metadata or {}).items():
+        writer.kv_data[0].pop(key, None)
+        if change is not None:
+            writer.kv_data[0][key] = GGUFValue(*change)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -13,7 +13,9 @@ It answers what huggingface_hub 2.4's `snapshot_download` asks, in the Hub's for
 - `GET` of either, with `Range: bytes=N-` honoured.
 
 Every request is logged, and faults are switched on per test: a repo that wants a token
-(401 without it), a file served with other bytes than its etag says, a transfer that stalls.
+(401 without it), a gated repo (403 GatedRepo), a repo whose every request fails with a status
+(a 5xx), a file listed but answered 404, a file served with other bytes than its etag says, a
+transfer that stalls.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,9 @@ class Request:
 class Repo:
     files: dict[str, bytes]
     token: str | None = None  # when set, the Hub answers 401 to requests without it
+    gated: bool = False  # the Hub answers 403 GatedRepo: conditions not accepted
+    failing: int | None = None  # every request about the repo gets this status
+    unserved: set[str] = field(default_factory=set)  # listed, but its resolve answers 404
     served: dict[str, bytes] = field(default_factory=dict)  # bytes sent instead of files'
 
     def by_sha256(self, sha256: str) -> tuple[str, bytes] | None:
@@ -145,8 +151,12 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self.fake.repos.get(match["repo"])
         if repo is None:
             return self._error(404, "RepoNotFound")
+        if repo.failing is not None:
+            return self._error(repo.failing, None)
         if repo.token is not None and self.headers["Authorization"] != f"Bearer {repo.token}":
             return self._error(401, None)
+        if repo.gated:
+            return self._error(403, "GatedRepo")
         if match["rev"] not in ("main", COMMIT):
             return self._error(404, "RevisionNotFound")
         if pattern is _REVISION_API:
@@ -165,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, repo: Repo, name: str, head: bool) -> None:
         data = repo.files.get(name)
-        if data is None:
+        if data is None or name in repo.unserved:
             return self._error(404, "EntryNotFound", {"X-Repo-Commit": COMMIT})
         if name.endswith(LFS_SUFFIX):
             sha256 = hashlib.sha256(data).hexdigest()
@@ -209,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status: int, code: str | None, extra: dict[str, str] | None = None) -> None:
-        body = json.dumps({"error": code or "Unauthorized"}).encode()
+        body = json.dumps({"error": code or HTTPStatus(status).phrase}).encode()
         self.send_response(status)
         headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
         if code is not None:

@@ -46,6 +46,14 @@ def test_config_states_the_llama_shape_and_special_ids(tmp_path: Path) -> None:
         ({"llama.block_count": None}, r"f: llama\.block_count is None, not a count"),
         ({"llama.rope.dimension_count": 32}, r"rope\.dimension_count is 32, not head_dim 64"),
         ({"llama.rope.scaling.type": "yarn"}, r"rope\.scaling\.type 'yarn' is not supported"),
+        ({"llama.attention.head_count_kv": "2"}, r"head_count_kv is '2', not a count"),
+        ({"llama.attention.head_count_kv": [2, 2]}, r"head_count_kv is \[2, 2\], not a count"),
+        ({"llama.attention.head_count_kv": 0}, r"head_count_kv is 0, not a count"),
+        ({"llama.attention.head_count_kv": 3}, r"head_count_kv 3 does not divide"),
+        ({"llama.attention.head_count": True}, r"head_count is True, not a count"),
+        ({"tokenizer.ggml.eos_token_id": 266}, r"eos_token_id is 266, not a token id"),
+        ({"tokenizer.ggml.bos_token_id": -1}, r"bos_token_id is -1, not a token id"),
+        ({"tokenizer.ggml.eot_token_id": "2"}, r"eot_token_id is '2', not a token id"),
     ],
 )
 def test_config_refuses_what_mlx_lm_llama_cannot_run(
@@ -99,3 +107,29 @@ def test_unknown_tokenizers_are_refused(
 ) -> None:
     with pytest.raises(ModelImportError, match=message):
         model_files(_meta(tmp_path) | change, "f")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"tokenizer.ggml.tokens": None},
+            r"f: tokenizer\.ggml\.tokens \(the vocabulary\) is missing",
+        ),
+        (
+            {"tokenizer.ggml.eos_token_id": 300},
+            r"f: tokenizer\.ggml\.eos_token_id is 300, not a token",
+        ),
+        (
+            {"tokenizer.ggml.bos_token_id": 266},
+            r"bos_token_id is 266, not a token id \(vocabulary of 264\)",
+        ),
+    ],
+)
+def test_a_missing_vocabulary_or_special_id_outside_it_is_refused(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    meta = {key: value for key, value in _meta(tmp_path).items() if key not in change}
+    meta.update({key: value for key, value in change.items() if value is not None})
+    with pytest.raises(ModelImportError, match=message):
+        model_files(meta, "f")

@@ -28,25 +28,63 @@ def _tensor(tmp_path: Path, kind: GGMLQuantizationType, rows: int = ROWS) -> Rea
 
 
 def _dense(converted: dict[str, mx.array], bits: int | None) -> np.ndarray:
+    """The values the arrays hold. Scales and biases are widened to float32 first (exact from
+    float16), so this checks what is stored, not float16 arithmetic's rounding of w = s·q + b."""
     if bits is None:
         return np.array(converted["weight"].astype(mx.float32))
-    weight, scales, biases = converted["weight"], converted["scales"], converted["biases"]
+    weight = converted["weight"]
+    scales, biases = (converted[part].astype(mx.float32) for part in ("scales", "biases"))
     return np.array(mx.dequantize(weight, scales, biases, group_size=32, bits=bits))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("kind", ALL_TYPES, ids=lambda kind: kind.name)
-def test_keep_copies_q4_0_q4_1_q8_0_exactly_and_dequantizes_the_rest_exactly(
-    tmp_path: Path, kind: GGMLQuantizationType
+def test_keep_copies_q4_0_q4_1_q8_0_exactly_and_dequantizes_the_rest(
+    tmp_path: Path, kind: GGMLQuantizationType, dtype: str
 ) -> None:
     tensor = _tensor(tmp_path, kind)
-    converted = convert_tensor(
-        tensor, keep_quantized=True, dense_dtype=mx.float32, heads=None, source="f"
-    )
+    converted = convert_tensor(tensor, keep_quantized=True, dtype=dtype, heads=None, source="f")
     assert converted.bits == LOSSLESS.get(kind)
-    if converted.bits is not None:
-        assert converted.arrays["scales"].dtype == mx.float32  # the CPU's fast path
+    assert all(
+        array.dtype == getattr(mx, dtype)
+        for part, array in converted.arrays.items()
+        if part != "weight" or converted.bits is None
+    )
     expected = decode(tensor.data, kind, (ROWS, COLS))
+    if converted.bits is None and dtype == "float16":
+        expected = expected.astype(np.float16).astype(np.float32)  # a dense dtype rounds once
     np.testing.assert_array_equal(_dense(converted.arrays, converted.bits), expected)
+
+
+@pytest.mark.parametrize(
+    ("kind", "d", "dtype"),
+    [(Q.Q8_0, 600.0, "float16"), (Q.Q4_0, 8200.0, "float16"), (Q.Q4_1, 1.001, "bfloat16")],
+    ids=["q8_0-bias-overflows-f16", "q4_0-bias-overflows-f16", "bf16-drops-scale-bits"],
+)
+def test_a_copy_that_the_dtype_cannot_hold_exactly_is_refused(
+    tmp_path: Path, kind: GGMLQuantizationType, d: float, dtype: str
+) -> None:
+    values = np.random.default_rng(1).standard_normal((ROWS, COLS)).astype(np.float32)
+    data = encode(values, kind)
+    data[0, 0:2] = np.array([d], "<f2").view(np.uint8)  # the first block's d
+    path = tmp_path / "big.gguf"
+    write_one_tensor(path, "blk.0.ffn_up.weight", data, kind)
+    tensor = GGUFReader(path).tensors[0]
+    with pytest.raises(ModelImportError, match=rf"f: tensor blk\.0\.ffn_up\.weight's {kind.name}"):
+        convert_tensor(tensor, keep_quantized=True, dtype=dtype, heads=None, source="f")
+    # float32 holds them all.
+    converted = convert_tensor(tensor, keep_quantized=True, dtype="float32", heads=None, source="f")
+    np.testing.assert_array_equal(
+        _dense(converted.arrays, converted.bits), decode(data, kind, (ROWS, COLS))
+    )
+
+
+def test_a_dense_tensor_beyond_float16s_range_is_refused_in_float16(tmp_path: Path) -> None:
+    path = tmp_path / "big.gguf"
+    write_one_tensor(path, "blk.0.ffn_up.weight", np.full((ROWS, COLS), 1e5, np.float32), Q.F32)
+    tensor = GGUFReader(path).tensors[0]
+    with pytest.raises(ModelImportError, match="beyond float16's range"):
+        convert_tensor(tensor, keep_quantized=True, dtype="float16", heads=None, source="f")
 
 
 @pytest.mark.parametrize("kind", ALL_TYPES, ids=lambda kind: kind.name)
@@ -55,7 +93,7 @@ def test_dense_bfloat16_is_gguf_py_dequantization_rounded_once(
 ) -> None:
     tensor = _tensor(tmp_path, kind)
     converted = convert_tensor(
-        tensor, keep_quantized=False, dense_dtype=mx.bfloat16, heads=None, source="f"
+        tensor, keep_quantized=False, dtype="bfloat16", heads=None, source="f"
     )
     assert converted.bits is None
     assert converted.arrays["weight"].dtype == mx.bfloat16
@@ -70,7 +108,7 @@ def test_an_unsupported_type_is_refused_naming_the_tensor_and_type(tmp_path: Pat
     )
     tensor = GGUFReader(path).tensors[0]
     with pytest.raises(ModelImportError, match=r"f: tensor blk\.0\.ffn_up\.weight has type IQ4_NL"):
-        convert_tensor(tensor, keep_quantized=True, dense_dtype=mx.float32, heads=None, source="f")
+        convert_tensor(tensor, keep_quantized=True, dtype="float32", heads=None, source="f")
 
 
 @pytest.mark.parametrize(("heads", "rows"), [(4, 64), (2, 128), (1, 8)])
@@ -92,7 +130,7 @@ def test_quantized_rows_are_unpermuted_with_their_scales_and_biases(
     write_one_tensor(path, "blk.0.attn_q.weight", permute_rows(data, heads), kind)
     tensor = GGUFReader(path).tensors[0]
     converted = convert_tensor(
-        tensor, keep_quantized=True, dense_dtype=mx.float32, heads=heads, source="f"
+        tensor, keep_quantized=True, dtype="float32", heads=heads, source="f"
     )
     expected = decode(data, kind, (rows, COLS))
     np.testing.assert_array_equal(_dense(converted.arrays, converted.bits), expected)

@@ -3,6 +3,7 @@ not at all; refusals as one line and an exit code."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,13 +14,16 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType
+from click.testing import CliRunner
+from gguf import GGMLQuantizationType, GGUFValueType
+from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 from mlx_lm.utils import load, quantize_model
 
-from macprovider.cli import models_import
+from macprovider.cli import gguf_tensors, models_import
 from macprovider.cli.errors import ModelImportError
-from macprovider.cli.models_import import default_name, import_gguf
+from macprovider.cli.gguf_route import default_dtype
+from macprovider.cli.models_import import default_name, import_command, import_gguf
 from tests.cli.gguf_build import TinyLlama, write_gguf
 from tests.model_files import NEURAL_NETWORK, NEURAL_NETWORK_ANSWER
 
@@ -48,7 +52,8 @@ def tiny_gguf(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
 
 def _reference_logits(weights: dict[str, np.ndarray], q_bits: str) -> mx.array:
     """What an import must answer: the GGUF's own weights, decoded by gguf-py, in mlx-lm's
-    Llama — float32 for `keep`, bfloat16 for the rest, quantized by mlx-lm itself for 4/8."""
+    Llama — float32 for `keep` (the default on the CPU the tests run on), bfloat16 for the
+    rest, quantized by mlx-lm itself for 4/8."""
     model = TinyLlama()
     config = {
         "model_type": "llama",
@@ -79,13 +84,61 @@ def test_a_synthetic_llama_imports_and_answers_exactly_as_its_decoded_weights(
     tmp_path: Path, tiny_gguf: tuple[Path, dict[str, np.ndarray]], q_bits: str
 ) -> None:
     path, weights = tiny_gguf
+    assert mx.default_device().type == mx.DeviceType.cpu  # so the default for keep is float32
     folder = import_gguf(path, tmp_path / "models", "tiny", q_bits)
     model, tokenizer = load(str(folder))
     logits = model(mx.array([PROMPT]))[0]
+    assert logits.dtype == (mx.float32 if q_bits == "keep" else mx.bfloat16)
     # keep: the Q4_0/Q4_1/Q8_0 copies multiply as exactly as their float32 decoding does.
     assert mx.array_equal(logits, _reference_logits(weights, q_bits)).item()
     assert tokenizer.encode("<|im_end|>") == [2]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "device", "expected"),
+    [
+        ("keep", "gpu", "float16"),
+        ("keep", "cpu", "float32"),
+        ("none", "gpu", "bfloat16"),
+        ("none", "cpu", "bfloat16"),
+        ("4", "gpu", "bfloat16"),
+        ("8", "cpu", "bfloat16"),
+    ],
+)
+def test_the_default_dtype_is_float16_scales_on_a_gpu_float32_on_the_cpu_else_bfloat16(
+    mode: str, device: str, expected: str
+) -> None:
+    assert default_dtype(mode, device) == expected
+
+
+def test_keep_in_float16_stores_the_exact_values_and_computes_in_float16(
+    tmp_path: Path, tiny_gguf: tuple[Path, dict[str, np.ndarray]]
+) -> None:
+    path, weights = tiny_gguf
+    folder = import_gguf(path, tmp_path / "models", "tiny", "keep", "float16")
+    model, _ = load(str(folder))
+    assert model(mx.array([PROMPT])).dtype == mx.float16
+    parameters = dict(tree_flatten(model.parameters()))
+    quantized = {key.rsplit(".", 1)[0] for key in parameters if key.endswith(".scales")}
+    assert len(quantized) == 9  # embed_tokens and, per layer, q, k, v, down
+    for key, expected in weights.items():
+        module = key.rsplit(".", 1)[0]
+        if module not in quantized:
+            assert parameters[key].dtype == mx.float16
+            continue
+        scales, biases = parameters[f"{module}.scales"], parameters[f"{module}.biases"]
+        assert scales.dtype == biases.dtype == mx.float16
+        bits = parameters[key].shape[-1] // scales.shape[-1]  # 32-bit words per 32-weight group
+        # float16 → float32 is exact: this is what the folder stores, not float16 arithmetic.
+        decoded = mx.dequantize(
+            parameters[key],
+            scales.astype(mx.float32),
+            biases.astype(mx.float32),
+            group_size=32,
+            bits=bits,
+        )
+        np.testing.assert_array_equal(np.array(decoded), expected, err_msg=key)
 
 
 def test_keep_writes_the_mixed_bits_into_the_quantization_block(
@@ -113,11 +166,42 @@ def _refused(result: subprocess.CompletedProcess[str], code: int, message: str) 
     assert lines[-1].startswith("macprovider-supervise: error: ") and message in lines[-1], lines
 
 
+U32, STR = GGUFValueType.UINT32, GGUFValueType.STRING
+# A malformed file's metadata (None: the key left out) and the refusal's message.
+BAD_METADATA: dict[str, tuple[dict[str, Any], str]] = {
+    "no-tokens": ({"tokenizer.ggml.tokens": None}, "tokenizer.ggml.tokens (the vocabulary)"),
+    "eos-out-of-range": (
+        {"tokenizer.ggml.eos_token_id": (264, U32)},
+        "tokenizer.ggml.eos_token_id is 264, not a token id (vocabulary of 264)",
+    ),
+    "head-count-kv-string": (
+        {"llama.attention.head_count_kv": ("two", STR)},
+        "llama.attention.head_count_kv is 'two', not a count",
+    ),
+    "head-count-kv-3-of-4": (
+        {"llama.attention.head_count_kv": (3, U32)},
+        "llama.attention.head_count_kv 3 does not divide attention.head_count 4",
+    ),
+}
+
+
 def _write(tmp_path: Path, kind: str) -> tuple[Path, str]:
     path = tmp_path / f"{kind}.gguf"
     if kind == "not-gguf":
         path.write_bytes(b"PK\x03\x04 a zip, not a GGUF")
         return path, "not a GGUF file"
+    if kind == "empty":
+        path.write_bytes(b"")
+        return path, "not a GGUF file, or a truncated or damaged one (ValueError: cannot mmap"
+    if kind.startswith("truncated-"):  # the first N bytes of a whole file
+        whole = tmp_path / "whole.gguf"
+        write_gguf(whole, TinyLlama())
+        path.write_bytes(whole.read_bytes()[: int(kind.removeprefix("truncated-"))])
+        return path, "not a GGUF file, or a truncated or damaged one"
+    if kind in BAD_METADATA:
+        metadata, message = BAD_METADATA[kind]
+        write_gguf(path, TinyLlama(), metadata=metadata)
+        return path, message
     if kind == "qwen2-arch":
         write_gguf(path, TinyLlama(), architecture="qwen2")
         return path, "general.architecture is 'qwen2'; only 'llama' imports"
@@ -134,13 +218,71 @@ def _write(tmp_path: Path, kind: str) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize(
-    "kind", ["not-gguf", "qwen2-arch", "unmapped-tensor", "unknown-pre", "iq4-nl"]
+    "kind",
+    [
+        "not-gguf",
+        "empty",
+        "truncated-2000",
+        "truncated-20000",
+        "truncated-600000",
+        *BAD_METADATA,
+        "qwen2-arch",
+        "unmapped-tensor",
+        "unknown-pre",
+        "iq4-nl",
+    ],
 )
 def test_refused_input_exits_65_with_one_line_and_leaves_nothing(tmp_path: Path, kind: str) -> None:
     path, message = _write(tmp_path, kind)
     models = tmp_path / "models"
     _refused(_cli(path, "--models-dir", models), 65, f"{path}: {message}")
     assert list(models.iterdir()) == []
+
+
+def test_the_real_gguf_cut_short_in_its_header_exits_65(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """gguf-py's reader raises IndexError on this one (a string's length read past the end)."""
+    if not smollm2_gguf.is_file():
+        pytest.skip("the real GGUF is fetched by ops/fixtures.py")
+    path = tmp_path / "cut.gguf"
+    with smollm2_gguf.open("rb") as whole:
+        path.write_bytes(whole.read(2000))
+    _refused(
+        _cli(path, "--models-dir", tmp_path / "models"),
+        65,
+        f"{path}: not a GGUF file, or a truncated or damaged one (IndexError",
+    )
+
+
+@pytest.mark.parametrize(
+    ("file_name", "args", "message"),
+    [
+        ("x.gguf", ["--name", ".hidden"], "Invalid value for --name: model name '.hidden' must be"),
+        ("x.gguf", ["--name", "a/b"], "Invalid value for --name: model name 'a/b' must be"),
+        (".gguf", [], "Invalid value for --name: no model name in the file name; pass --name"),
+        ("x.gguf", ["--dtype", "bfloat16"], "Invalid value for --dtype: bfloat16 cannot hold"),
+        ("x.gguf", ["--dtype", "float64"], "Invalid value for '--dtype': 'float64' is not one of"),
+    ],
+)
+def test_a_usage_error_exits_64_before_reading_the_file(
+    tmp_path: Path, file_name: str, args: list[str], message: str
+) -> None:
+    path = tmp_path / file_name
+    path.write_bytes(b"not read: the options are checked first")
+    result = _cli(path, "--models-dir", tmp_path / "models", *args)
+    assert result.returncode == 64, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == f"Error: {message}" or message in result.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_help_lists_the_dtype_defaults_and_the_exit_codes() -> None:
+    result = CliRunner().invoke(import_command, ["--help"], terminal_width=100)
+    text = " ".join(result.output.split())
+    assert "float16 when MLX's default device is a GPU, float32 on the CPU" in text
+    assert "none, 4, 8: bfloat16" in text and "keep refuses bfloat16" in text
+    assert "The models folder. [default: $MACPROVIDER_MODELS_DIR" in text
+    for code in ("0 imported", "64 a bad option", "65 the file is refused", "73 the", "130"):
+        assert code in text, code
 
 
 def test_an_existing_destination_exits_73_and_is_not_touched(tmp_path: Path) -> None:
@@ -169,13 +311,13 @@ def test_an_interrupt_mid_import_leaves_no_folder_and_no_temp(
         assert list((tmp_path / "models").glob(".import-tiny-*")), "the temp folder exists"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models_import, "_write_weights", interrupted)
+    monkeypatch.setattr(models_import, "_write_json", interrupted)
     with pytest.raises(KeyboardInterrupt):
         import_gguf(tiny_gguf[0], tmp_path / "models", "tiny")
     assert list((tmp_path / "models").iterdir()) == []
 
 
-def test_a_stale_temp_of_a_dead_import_is_removed(
+def test_stale_temps_of_dead_imports_of_any_name_are_removed(
     tmp_path: Path, tiny_gguf: tuple[Path, dict[str, np.ndarray]]
 ) -> None:
     dead = subprocess.run(
@@ -183,14 +325,74 @@ def test_a_stale_temp_of_a_dead_import_is_removed(
         capture_output=True,
         text=True,
         check=True,
+    ).stdout.strip()
+    models = tmp_path / "models"
+    for stale in (f".import-tiny-{dead}", f".import-other-{dead}", f".import-a-b-{dead}"):
+        (models / stale).mkdir(parents=True)
+        (models / stale / "model-00001.safetensors").write_bytes(b"half")
+    live = models / f".import-busy-{os.getppid()}"  # an import still running: not touched
+    live.mkdir()
+    (models / ".cache").mkdir()  # not an import's
+    import_gguf(tiny_gguf[0], models, "tiny")
+    assert sorted(p.name for p in models.iterdir()) == [".cache", live.name, "tiny"]
+
+
+def test_shards_are_written_as_they_fill_and_load_as_one_model(
+    tmp_path: Path, tiny_gguf: tuple[Path, dict[str, np.ndarray]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, weights = tiny_gguf
+    monkeypatch.setattr(models_import, "_SHARD_BYTES", 200_000)
+    written_while_converting: list[int] = []
+    convert = gguf_tensors.convert_tensor
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        written_while_converting.append(len(list(tmp_path.glob("models/.import-*/model-*"))))
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(gguf_tensors, "convert_tensor", counting)
+    folder = import_gguf(path, tmp_path / "models", "tiny")
+    shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    assert (
+        len(shards) >= 3
+        and shards[-1] == f"model-{len(shards):05d}-of-{len(shards):05d}.safetensors"
     )
-    stale = tmp_path / "models" / f".import-tiny-{dead.stdout.strip()}"
-    stale.mkdir(parents=True)
-    (stale / "model-00001-of-00001.safetensors").write_bytes(b"half")
-    other = tmp_path / "models" / f".import-other-{dead.stdout.strip()}"
-    other.mkdir()
-    import_gguf(tiny_gguf[0], tmp_path / "models", "tiny")
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [other.name, "tiny"]
+    # The earlier shards were on disk before the last tensors were converted.
+    assert written_while_converting[0] == 0 and written_while_converting[-1] >= len(shards) - 1
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == shards
+    model, _ = load(str(folder))
+    assert mx.array_equal(model(mx.array([PROMPT]))[0], _reference_logits(weights, "keep")).item()
+
+
+@pytest.mark.parametrize(
+    ("types", "q_bits", "dtype", "expected"),
+    [
+        (
+            {},
+            "keep",
+            None,
+            "9 tensors copied losslessly (Q4_0, Q4_1, Q8_0), 11 dequantized to float32",
+        ),
+        ({}, "none", None, "20 tensors dequantized to bfloat16"),
+        ({}, "8", "float16", "20 tensors dequantized to float16, then re-quantized to 8 bits"),
+        (
+            {part: Q.Q4_K for part in TinyLlama().types},
+            "keep",
+            None,
+            "20 tensors dequantized to bfloat16; this Q4_K file becomes a dense model of about"
+            " 2.5 MB (--q-bits 4 re-quantizes it)",
+        ),
+    ],
+)
+def test_the_route_is_said_before_converting(
+    tmp_path: Path, types: dict[str, Any], q_bits: str, dtype: str | None, expected: str
+) -> None:
+    path = tmp_path / "t.gguf"
+    write_gguf(path, TinyLlama(types=TinyLlama().types | types))
+    lines: list[str] = []
+    import_gguf(path, tmp_path / "models", "t", q_bits, dtype, progress=lines.append)
+    assert lines[1].startswith(expected), lines
+    assert lines[2].startswith("tensors: ")
 
 
 def test_the_cli_prints_the_folder_on_stdout(

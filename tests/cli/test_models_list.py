@@ -12,17 +12,27 @@ import pytest
 
 from macprovider.cli.models_list import ModelEntry, _quantization_label
 from tests.conftest import clean_env, model_variant, supervise_argv
-from tests.model_files import REVISION, WEIGHTS, hf_cache_repo, weights_of
+from tests.model_files import (
+    REVISION,
+    WEIGHTS,
+    hf_cache_repo,
+    listed_files,
+    weights_of,
+    write_tree_listing,
+)
 
 REPO = "acme/tiny"
 
 
-def run_models(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`models ARGS` with the HF cache and the models folder inside `tmp_path`."""
+def run_models(
+    tmp_path: Path, *args: str, models_dir: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`models ARGS` with the HF cache and the models folder (MACPROVIDER_MODELS_DIR, unless
+    `models_dir` gives another value) inside `tmp_path`."""
     env = clean_env(
         HF_HOME=str(tmp_path / "hf-home"),
         HF_HUB_CACHE=str(tmp_path / "hf-cache"),
-        MACPROVIDER_MODELS_DIR=str(tmp_path / "models"),
+        MACPROVIDER_MODELS_DIR=models_dir or str(tmp_path / "models"),
         HF_HUB_OFFLINE="1",
     )
     return subprocess.run(
@@ -138,9 +148,39 @@ def test_nothing_to_list_says_where_it_looked(tmp_path: Path) -> None:
     assert done.stdout.splitlines() == [
         "no models found",
         f"HF cache: {tmp_path / 'hf-cache'}",
-        f"models folder: {tmp_path / 'models'}",
+        f"models folder: {tmp_path / 'models'} (env MACPROVIDER_MODELS_DIR)",
     ]
     assert run_models(tmp_path, "list", "--json").stdout.strip() == "[]"
+    flag = run_models(tmp_path, "list", "--models-dir", str(tmp_path / "elsewhere"))
+    assert flag.stdout.splitlines()[-1] == f"models folder: {tmp_path / 'elsewhere'} (--models-dir)"
+
+
+def test_a_relative_models_dir_variable_is_refused(tmp_path: Path) -> None:
+    done = run_models(tmp_path, "list", models_dir="models")
+
+    assert done.returncode == 64
+    assert done.stderr.strip().splitlines() == [
+        "macprovider-supervise: error: invalid MACPROVIDER_MODELS_DIR 'models' from env: "
+        "must be an absolute path"
+    ]
+
+
+def test_an_hf_cache_snapshot_missing_a_listed_file_is_incomplete(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    cache = tmp_path / "hf-cache"
+    snapshot = hf_cache_repo(cache, REPO, tiny_model)
+    write_tree_listing(cache, REPO, listed_files(tiny_model))
+    (snapshot / "tokenizer.json").unlink()  # an interrupted pull leaves the rest
+
+    entry = listed(tmp_path)[REPO]
+
+    assert entry["problem"].startswith(
+        f"incomplete: tokenizer.json missing; `models pull {REPO}` fetches what is missing; "
+    )
+    # Without the listing nothing can tell a file is missing but what every model needs.
+    (cache / "models--acme--tiny" / "trees" / f"{REVISION}.json").unlink()
+    assert listed(tmp_path)[REPO]["problem"] == "tokenizer.json: missing"
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,12 @@ client does the transfer, our command maps its outcomes to lines and exit codes.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,13 +46,27 @@ def env_for(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
 
 
 def pull(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return supervise(env, "models", "pull", *args)
+
+
+def supervise(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        supervise_argv("models", "pull", *args),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        supervise_argv(*args), env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def run_serve(env: dict[str, str], model: str) -> subprocess.CompletedProcess[str]:
+    """`serve` as far as finding the model: it exits there when it cannot."""
+    return supervise(
+        {**env, "HF_HUB_OFFLINE": "1"}, "serve", "--model", model, "--port", str(free_port())
+    )
+
+
+def listed(env: dict[str, str]) -> list[dict[str, Any]]:
+    done = supervise({**env, "HF_HUB_OFFLINE": "1"}, "models", "list", "--json")
+    assert done.returncode == 0, done.stderr
+    entries: list[dict[str, Any]] = json.loads(done.stdout)
+    return entries
 
 
 def snapshot(tmp_path: Path) -> Path:
@@ -95,17 +111,42 @@ def test_a_second_pull_fetches_nothing(hub: FakeHub, tmp_path: Path) -> None:
     assert [(r.method, r.path) for r in again] == [("GET", f"/api/models/{REPO}/revision/main")]
 
 
-def test_a_file_served_damaged_fails_naming_it(hub: FakeHub, tmp_path: Path) -> None:
+def test_a_file_served_damaged_is_taken_out_of_the_cache_and_the_next_pull_mends_it(
+    hub: FakeHub, tmp_path: Path, tiny_model: Path
+) -> None:
+    env = env_for(tmp_path, hub.url)
     weights = bytearray(hub.repos[REPO].files[WEIGHTS])
     weights[-1] ^= 0xFF  # same size, so only the hash can tell
     hub.repos[REPO].served[WEIGHTS] = bytes(weights)
+    repo_folder = tmp_path / "hf-cache" / "models--acme--tiny"
 
-    done = pull(env_for(tmp_path, hub.url), REPO)
+    damaged = pull(env, REPO)
 
-    assert done.returncode == 65
-    line = error_line(done)
+    assert damaged.returncode == 65
+    line = error_line(damaged)
     assert f"{WEIGHTS}: sha256 mismatch" in line
-    assert done.stdout == ""
+    assert line.endswith(f"; {WEIGHTS} removed from the cache; pull again")
+    assert damaged.stdout == ""
+    # Only that file's link and blob went: the other files and the repo's listing stay.
+    kept = sorted(p.name for p in snapshot(tmp_path).iterdir())
+    assert kept == sorted(set(hub.repos[REPO].files) - {WEIGHTS})
+    assert len(list((repo_folder / "blobs").iterdir())) == len(kept)
+    assert (repo_folder / "trees" / f"{COMMIT}.json").is_file()
+    # So serve no longer finds the model, and `models list` says what it lacks.
+    serve = run_serve(env, REPO)
+    assert serve.returncode == 66
+    assert "no complete snapshot in the Hugging Face cache" in error_line(serve)
+    (entry,) = listed(env)
+    assert entry["problem"].startswith(f"incomplete: {WEIGHTS} missing")
+
+    hub.repos[REPO].served.clear()  # the Hub is mended
+    mended = pull(env, REPO)
+
+    assert mended.returncode == 0, mended.stderr
+    assert Path(mended.stdout.strip()) == snapshot(tmp_path)
+    assert (snapshot(tmp_path) / WEIGHTS).read_bytes() == (tiny_model / WEIGHTS).read_bytes()
+    (entry,) = listed(env)
+    assert entry["problem"] is None
 
 
 def test_an_unknown_repo_is_not_found(hub: FakeHub, tmp_path: Path) -> None:
@@ -120,6 +161,52 @@ def test_an_unknown_revision_is_not_found(hub: FakeHub, tmp_path: Path) -> None:
 
     assert done.returncode == 66
     assert "has no revision 'v9'" in error_line(done)
+
+
+def test_a_file_the_hub_lists_but_cannot_serve_is_not_found(hub: FakeHub, tmp_path: Path) -> None:
+    hub.repos[REPO].unserved.add("tokenizer.json")
+
+    done = pull(env_for(tmp_path, hub.url), REPO)
+
+    assert done.returncode == 66
+    line = error_line(done)
+    assert f"{hub.url} has no file tokenizer.json of {REPO} (404)" in line
+
+
+def test_a_gated_repo_says_to_accept_its_conditions(hub: FakeHub, tmp_path: Path) -> None:
+    hub.repos[REPO].gated = True
+
+    done = pull(env_for(tmp_path, hub.url), REPO)
+
+    assert done.returncode == 66
+    line = error_line(done)
+    assert f"{REPO} is gated on {hub.url}" in line and "HF_TOKEN" in line
+
+
+def test_a_hub_server_error_is_unavailable(hub: FakeHub, tmp_path: Path) -> None:
+    hub.repos[REPO].failing = 503
+
+    done = pull(env_for(tmp_path, hub.url), REPO)
+
+    assert done.returncode == 69
+    assert f"{hub.url} answered 503 for {REPO}; try again later" in error_line(done)
+
+
+@pytest.mark.parametrize("fault", ["no-repo", "server-error"])
+def test_credentials_in_hf_endpoint_are_never_printed(
+    hub: FakeHub, tmp_path: Path, fault: str
+) -> None:
+    with_credentials = hub.url.replace("http://", "http://operator:pa55word@")
+    repo = "acme/nothing" if fault == "no-repo" else REPO
+    hub.repos[REPO].failing = 500 if fault == "server-error" else None
+
+    done = pull(env_for(tmp_path, with_credentials), repo)
+
+    assert done.returncode == (66 if fault == "no-repo" else 69), done.stderr
+    line = error_line(done)
+    assert f" {hub.url}" in line  # the endpoint is still named, without what it carried
+    assert "pa55word" not in done.stdout + done.stderr
+    assert "operator" not in done.stdout + done.stderr
 
 
 def test_a_repo_that_wants_a_token_says_so(hub: FakeHub, tmp_path: Path) -> None:

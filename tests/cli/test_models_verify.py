@@ -68,3 +68,15 @@ def test_an_id_with_nothing_here_is_not_found(tmp_path: Path) -> None:
 
     assert done.returncode == 66
     assert "models pull acme/absent" in error_line(done)
+
+
+def test_a_name_not_found_names_the_models_folder_searched(tmp_path: Path) -> None:
+    done = run_models(tmp_path, "verify", "absent")
+
+    assert done.returncode == 66
+    line = error_line(done)
+    assert (
+        f"no such name in the models folder {tmp_path / 'models'} (env MACPROVIDER_MODELS_DIR)"
+        in line
+    )
+    assert f"the Hugging Face cache {tmp_path / 'hf-cache'}" in line

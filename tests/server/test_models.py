@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from macprovider.server.errors import ModelNotFoundError
+from macprovider.server.errors import ConfigError, ModelNotFoundError
 from macprovider.server.models import (
     NotAModelId,
     NotInHfCache,
@@ -17,7 +17,13 @@ from macprovider.server.models import (
     resolve_model_path,
     weight_files,
 )
-from tests.model_files import hf_cache_repo, offline_hf_cache
+from tests.model_files import (
+    WEIGHTS,
+    hf_cache_repo,
+    listed_files,
+    offline_hf_cache,
+    write_tree_listing,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -109,21 +115,67 @@ def test_a_model_that_is_not_here(model: str, error: type[Exception]) -> None:
         locate_model(model)
 
 
+@pytest.fixture
+def models_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "big-disk" / "models"
+    monkeypatch.setenv("MACPROVIDER_MODELS_DIR", str(folder))
+    return folder
+
+
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ("org/absent", r"^model 'org/absent' is not a local folder, a name in the models folder"),
-        ("org/absent", r"fetch it first with `macprovider-supervise models pull org/absent`"),
+        # A repo id is never a models-folder name, so that folder goes unnamed.
+        (
+            "org/absent",
+            "model 'org/absent': no such local folder, no complete snapshot in the Hugging Face "
+            "cache {cache}; fetch it with `macprovider-supervise models pull org/absent` (or let "
+            "autotune pre-warm it)",
+        ),
+        (
+            "absent",
+            "model 'absent': no such local folder, no such name in the models folder {models} "
+            "(env MACPROVIDER_MODELS_DIR), no complete snapshot in the Hugging Face cache "
+            "{cache}; fetch it with `macprovider-supervise models pull absent` (or let autotune "
+            "pre-warm it)",
+        ),
+        (
+            "not a name!",
+            "model 'not a name!': no such local folder, no such name in the models folder "
+            "{models} (env MACPROVIDER_MODELS_DIR), and not a Hugging Face repo id",
+        ),
         (
             "/no/such/dir",
-            r"^model '/no/such/dir': no such folder, no such name in the models folder, and not "
-            r"a Hugging Face repo id$",
+            "model '/no/such/dir': no such local folder, and not a Hugging Face repo id",
         ),
     ],
 )
-def test_serve_says_what_to_do_about_a_model_that_is_not_here(model: str, message: str) -> None:
-    with pytest.raises(ModelNotFoundError, match=message):
+def test_serve_names_every_folder_it_searched_and_what_to_do(
+    model: str, message: str, hf_cache: Path, models_folder: Path
+) -> None:
+    with pytest.raises(ModelNotFoundError) as missing:
         resolve_model_path(model)
+    assert str(missing.value) == message.format(cache=hf_cache, models=models_folder)
+
+
+def test_a_snapshot_missing_a_listed_file_is_not_found(hf_cache: Path, tiny_model: Path) -> None:
+    """What `models pull` leaves after taking a damaged file out: serve must not load the rest."""
+    snapshot = hf_cache_repo(hf_cache, "org/m", tiny_model)
+    write_tree_listing(hf_cache, "org/m", listed_files(tiny_model))
+    assert resolve_model_path("org/m") == snapshot.resolve()
+    (snapshot / WEIGHTS).unlink()
+
+    with pytest.raises(ModelNotFoundError, match="no complete snapshot in the Hugging Face cache"):
+        resolve_model_path("org/m")
+
+
+def test_a_relative_models_dir_variable_is_refused_only_when_a_name_is_looked_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MACPROVIDER_MODELS_DIR", "models")
+    assert locate_model(str(tmp_path)) == tmp_path
+    with pytest.raises(ConfigError, match="MACPROVIDER_MODELS_DIR 'models'"):
+        resolve_model_path("smol")
 
 
 def test_serve_wants_a_config_json(tmp_path: Path, hf_cache: Path) -> None:
@@ -132,6 +184,8 @@ def test_serve_wants_a_config_json(tmp_path: Path, hf_cache: Path) -> None:
     snapshot = cached_snapshot(hf_cache, "org/m", {"model.safetensors": b""})
     with pytest.raises(ModelNotFoundError, match=f"^model folder {snapshot} has no config.json$"):
         resolve_model_path("org/m")
+    # `models verify` finds it all the same, to call it damaged.
+    assert resolve_model_path("org/m", require_config=False) == snapshot.resolve()
 
 
 def test_the_serve_command_does_not_import_the_hub_client_or_safetensors() -> None:

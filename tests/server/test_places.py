@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from macprovider.server.errors import ConfigError
 from macprovider.server.places import config_dir, config_home, home_dir, models_dir, state_dir
 
 HOME = "/home/op"
@@ -94,14 +95,25 @@ def test_a_relative_xdg_value_never_reads_against_the_current_directory(
             "/big/disk",
             "env MACPROVIDER_MODELS_DIR",
         ),
-        # A relative override is ignored like a relative XDG value: never read against the cwd.
+        # Empty is unset, as for the XDG variables.
         (
-            {"HOME": HOME, "MACPROVIDER_MODELS_DIR": "models"},
+            {"HOME": HOME, "MACPROVIDER_MODELS_DIR": ""},
             f"{HOME}/.local/share/macprovider/models",
             "default",
         ),
     ],
-    ids=["default", "xdg-data", "xdg-relative", "override", "override-relative"],
+    ids=["default", "xdg-data", "xdg-relative", "override", "override-empty"],
 )
 def test_models_folder(env: Mapping[str, str], folder: str, source: str) -> None:
     assert models_dir(env) == (Path(folder), source)
+
+
+@pytest.mark.parametrize("value", ["models", "./models", "~/models"])
+def test_a_relative_models_dir_variable_is_refused_naming_it(value: str) -> None:
+    """Ours, not the spec's: set, it was meant, so it is refused rather than ignored (which
+    would put models in the default folder) or read against whatever the cwd is."""
+    with pytest.raises(ConfigError) as refused:
+        models_dir({"HOME": HOME, "MACPROVIDER_MODELS_DIR": value})
+    assert str(refused.value) == (
+        f"invalid MACPROVIDER_MODELS_DIR {value!r} from env: must be an absolute path"
+    )
