@@ -51,6 +51,7 @@ from macprovider.cli.run_report import (
     load_report,
     previous_comparable,
 )
+from macprovider.server.places import models_dir
 
 PROG = "macprovider-supervise"
 
@@ -86,6 +87,9 @@ def autotune_command(
     settings, warnings = settings_from_options(options)
     for warning in warnings:
         click.echo(f"{PROG}: warning: {warning}", err=True)
+    # Candidates may be models-folder names: a bad folder setting is a config error (64)
+    # before anything starts, not a failure inside pre-warm.
+    models_dir(os.environ)
     db = db_path or default_db_path(os.environ)
     if dry_run:
         click.echo(render_plan(settings, candidate_sizes(settings.candidates)))

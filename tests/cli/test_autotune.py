@@ -271,6 +271,16 @@ def test_a_bad_flag_exits_64_before_anything(
     assert not autotune.db_path.exists() and not autotune.state_dir.exists()
 
 
+def test_a_relative_models_folder_exits_64_before_anything(autotune: Autotune) -> None:
+    done = autotune.run(
+        "--candidate-models", "some-imported-name", *QUICK,
+        env=clean_env(MACPROVIDER_MODELS_DIR="models"),
+    )  # fmt: skip
+    assert done.code == 64, done.stderr
+    assert "MACPROVIDER_MODELS_DIR 'models'" in done.stderr and "Traceback" not in done.stderr
+    assert not autotune.db_path.exists() and not autotune.state_dir.exists()
+
+
 def test_a_budget_spent_in_stage1_selects_no_model(autotune: Autotune, models: Models) -> None:
     done = autotune.run("--candidate-models", models("tiny"), *QUICK, "--max-duration", "0.001")
     assert done.code == 3, done.stderr

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from macprovider.cli.size_text import bytes_text
+from macprovider.server.models import weight_files
 from tests.cli.autotune_runs import ONE_CELL, Autotune
 from tests.conftest import clean_env
 
@@ -18,19 +20,26 @@ BOTH_FORMS = "smollm2-135m,smollm2-135m-q4"
 REAL_QUICK = ("--target-context", "48", "--probe-max-tokens", "8", "--stage2-replicates", "1")
 
 
+def on_disk(folder: Path) -> int:
+    return sum(path.stat().st_size for path in weight_files(folder))
+
+
+def size_text(folder: Path) -> str:
+    """Both forms: SmolLM2-135M's 134,515,008 parameters, and their own weight files' bytes."""
+    return f"(134.5M parameters, {bytes_text(on_disk(folder))} on disk)"
+
+
 def test_both_forms_are_sized_alike_with_their_bytes_beside(
     autotune: Autotune, fixtures_dir: Path, smollm2_model: Path, smollm2_q4_model: Path
 ) -> None:
     env = clean_env(MACPROVIDER_MODELS_DIR=str(fixtures_dir))
     done = autotune.run("--candidate-models", BOTH_FORMS, *REAL_QUICK, "--dry-run", env=env)
     assert done.code == 0, done.stderr
-    assert "  1. smollm2-135m  (134.5M parameters, 270.6 MB on disk)" in done.stdout
-    # The 4-bit copy: the same parameters, under half the bytes (a packed count read as
-    # parameters once made it 28.8M).
-    [q4_line] = [line for line in done.stdout.splitlines() if "2. smollm2-135m-q4" in line]
-    assert "(134.5M parameters, " in q4_line and " MB on disk)" in q4_line
-    q4_megabytes = float(q4_line.split(", ")[1].split(" MB")[0])
-    assert q4_megabytes < 270.6 / 2
+    assert f"  1. smollm2-135m  {size_text(smollm2_model)}" in done.stdout
+    # The 4-bit copy: the same parameters (a packed count read as parameters once made it
+    # 28.8M), in under half the bytes.
+    assert f"  2. smollm2-135m-q4  {size_text(smollm2_q4_model)}" in done.stdout
+    assert on_disk(smollm2_q4_model) < on_disk(smollm2_model) / 2
 
 
 def test_autotune_recommends_the_real_model_and_offers_its_other_form(
@@ -43,7 +52,7 @@ def test_autotune_recommends_the_real_model_and_offers_its_other_form(
     assert stage1.record.model == "smollm2-135m" and stage1.record.fits
     # The probe prompt was built to the token with the real BPE tokenizer and template.
     assert stage1.record.measured_prompt_tokens == 48
-    assert "model:           smollm2-135m  (134.5M parameters, 270.6 MB on disk)" in done.stdout
+    assert f"model:           smollm2-135m  {size_text(smollm2_model)}" in done.stdout
     # Same size counts as an option: the 4-bit form was never probed and is offered.
     assert "alternates:      smollm2-135m-q4" in done.stdout
     [kept] = [row for row in done.trials(stage=2) if row.kept]
