@@ -25,6 +25,7 @@ from macprovider.actors.exit_reasons import ExitReason
 from macprovider.actors.store import Store
 from macprovider.actors.store_records import StoredTrial
 from macprovider.cli.autotune_json import load_schema
+from macprovider.cli.size_text import bytes_text
 from macprovider.server.config import resolve_serve_config
 from tests.cli.autotune_runs import (
     FITS_MEDIUM_NOT_LARGE,
@@ -130,7 +131,10 @@ def test_dry_run_prints_the_plan_and_touches_nothing(autotune: Autotune, models:
     )  # fmt: skip
     assert done.code == 0, done.stderr
     assert "--max-model-size 3 ignored: the explicit --candidate-models list" in done.stderr
-    assert f"1. {models('medium')}  (10.2M parameters)" in done.stdout
+    medium_bytes = (Path(models("medium")) / "model.safetensors").stat().st_size
+    assert f"1. {models('medium')}  (10.2M parameters, {bytes_text(medium_bytes)} on disk)" in (
+        done.stdout
+    )
     assert (
         "Stage 2: 6 cells" in done.stdout
         and "6. kv-bits 8, max-batch 2, max-context 40" in done.stdout

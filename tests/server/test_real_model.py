@@ -9,6 +9,7 @@ counts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,10 @@ import pytest
 from mlx_lm.generate import stream_generate
 from mlx_lm.utils import load
 from openai.types.chat import ChatCompletionMessageParam
+from tokenizers import Tokenizer
 
 from macprovider.actors.probe_prompt import build_probe_prompt, load_prompt_tokenizer
-from tests.conftest import ServerProcess, StartServer
+from tests.conftest import ServerProcess, StartServer, model_variant
 from tests.model_files import NEURAL_NETWORK, NEURAL_NETWORK_ANSWER
 
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": NEURAL_NETWORK}]
@@ -147,3 +149,23 @@ def test_the_lossless_q4_copy_answers_like_its_bf16_form(
     reply = ask(server, smollm2_q4_model.name)
     assert reply.choices[0].message.content.startswith(FIRST_WORDS)
     assert reply.choices[0].finish_reason == "stop"
+
+
+def test_every_eos_id_of_generation_config_stops_and_the_probe_knows_them_all(
+    start_server: StartServer, smollm2_model: Path, tmp_path: Path
+) -> None:
+    """A model may name several end ids (`eos_token_id` as a list): each one stops, never
+    shows, and autotune's stop-token leak check looks for every one of them."""
+    period = Tokenizer.from_file(str(smollm2_model / "tokenizer.json")).token_to_id(".")
+    assert period is not None
+    config = {"bos_token_id": 1, "eos_token_id": [2, period]}
+    variant = model_variant(
+        smollm2_model, tmp_path / "two-eos", {"generation_config.json": json.dumps(config).encode()}
+    )
+    reply = ask(start_server(variant), variant.name)
+    # The answer's one sentence ends on its full stop, which is now an end id: not shown.
+    assert reply.choices[0].message.content == NEURAL_NETWORK_ANSWER.removesuffix(".")
+    assert reply.choices[0].finish_reason == "stop"
+    probe = load_prompt_tokenizer(variant)
+    assert probe.stop_ids == tuple(sorted((2, period)))
+    assert set(probe.stop_texts) == {"<|im_end|>", "."}
