@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,30 @@ MAX_STOP_STRINGS = 4
 # OpenAI's bounds for `logit_bias`: -100 bans a token, 100 all but forces it.
 LOGIT_BIAS_LIMIT = 100.0
 MAX_LOGIT_BIAS_ENTRIES = 300
+# No OpenAI body nests deeper than about 6 levels (messages → content parts → fields); 64
+# leaves room for any honest client while the parser, `repr` and logging stay far from
+# Python's recursion limit (a 1,000-deep body would otherwise end in a RecursionError).
+MAX_JSON_DEPTH = 64
+# A refusal echoes at most this many characters of the offending value: enough to see it,
+# never a multi-MB error body.
+SHOWN_CHARS = 80
+# Fields OpenAI defines that this server does not honour yet, each with the values that
+# mean "not asked for": anything else is refused, never silently ignored. (null always
+# means unset.)
+NOT_HONOURED: dict[str, tuple[Any, ...]] = {
+    "echo": (False,),
+    "suffix": ("",),
+    "best_of": (1,),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "frequency_penalty": (0, 0.0),
+    "presence_penalty": (0, 0.0),
+    "tools": ([],),
+    "functions": ([],),
+    "tool_choice": ("none",),
+    "function_call": ("none",),
+    "response_format": ({"type": "text"},),
+}
 
 
 @dataclass(frozen=True)
@@ -44,13 +67,42 @@ class CompletionRequest:
 
 
 def decode_json_body(raw: str | bytes) -> dict[str, Any]:
+    too_deep = BadRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, ints of > 4300 digits
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    if _openings(raw) > MAX_JSON_DEPTH and _depth_exceeds(body, MAX_JSON_DEPTH):
+        raise too_deep
     return body
+
+
+def _openings(raw: str | bytes) -> int:
+    """How many `[` and `{` the body holds, strings included: a bound on its depth that
+    costs next to nothing, so only bodies full of brackets are walked."""
+    data = raw.encode(errors="replace") if isinstance(raw, str) else raw
+    return data.count(b"[") + data.count(b"{")
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests more than `limit` containers deep; iterative, so any depth
+    is safe to measure."""
+    level: list[Any] = [value]
+    # A tuple, not `dict | list`: measurably faster over millions of elements.
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return False
+    return True
 
 
 def parse_chat_request(body: dict[str, Any], *, max_context: int) -> ChatRequest:
@@ -58,14 +110,14 @@ def parse_chat_request(body: dict[str, Any], *, max_context: int) -> ChatRequest
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array", param="messages")
     parsed = tuple(_parse_message(i, m) for i, m in enumerate(messages))
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    return ChatRequest(parsed, _parse_params(body, limit, max_context))
+    # The newer name wins; a null one is unset, so the other still counts.
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    return ChatRequest(parsed, _parse_params(body, key, max_context))
 
 
 def parse_completion_request(body: dict[str, Any], *, max_context: int) -> CompletionRequest:
     return CompletionRequest(
-        _parse_prompt(body.get("prompt")),
-        _parse_params(body, body.get("max_tokens"), max_context),
+        _parse_prompt(body.get("prompt")), _parse_params(body, "max_tokens", max_context)
     )
 
 
@@ -74,31 +126,48 @@ def _parse_message(index: int, message: Any) -> dict[str, str]:
     if not isinstance(message, dict):
         raise BadRequest(f"{where} must be an object", param=where)
     role = message.get("role")
-    if role not in CHAT_ROLES:
+    if not (isinstance(role, str) and role in CHAT_ROLES):
         allowed = ", ".join(sorted(CHAT_ROLES))
-        raise BadRequest(f"{where}.role {role!r} is not one of {allowed}", param=f"{where}.role")
-    return {"role": role, "content": _message_text(where, message.get("content"))}
+        raise BadRequest(
+            f"{where}.role {_shown(role)} is not one of {allowed}", param=f"{where}.role"
+        )
+    content = _message_text(f"{where}.content", message.get("content"))
+    return {"role": role, "content": content}
 
 
 def _message_text(where: str, content: Any) -> str:
     if isinstance(content, str):
-        return content
+        return _unicode(where, content)
     if content is None:
         return ""
     if isinstance(content, list):
-        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        if len(texts) == len(content) and all(isinstance(t, str) for t in texts):
-            return "".join(str(t) for t in texts)
-    raise BadRequest(
-        f"{where}.content must be a string or an array of text parts", param=f"{where}.content"
-    )
+        parts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        texts = [t for p in parts if isinstance(t := p.get("text"), str)]
+        if len(texts) == len(content):
+            return _unicode(where, "".join(texts))
+    raise BadRequest(f"{where} must be a string or an array of text parts", param=where)
+
+
+def _unicode(where: str, text: str) -> str:
+    """`text` if it is valid Unicode. JSON's `\\ud800` escapes decode to lone surrogates,
+    which no tokenizer takes; refused rather than replaced, so the model never reads
+    text the client did not send."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise BadRequest(
+                f"{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape)",
+                param=where,
+            ) from None
+    return text
 
 
 def _parse_prompt(prompt: Any) -> str | tuple[int, ...]:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     if isinstance(prompt, str) and prompt:
-        return prompt
+        return _unicode("prompt", prompt)
     if isinstance(prompt, list) and prompt and all(_is_int(t) and t >= 0 for t in prompt):
         return tuple(prompt)
     raise BadRequest(
@@ -106,37 +175,57 @@ def _parse_prompt(prompt: Any) -> str | tuple[int, ...]:
     )
 
 
-def _parse_params(body: dict[str, Any], max_tokens: Any, max_context: int) -> GenerationParams:
+def _parse_params(body: dict[str, Any], max_tokens_key: str, max_context: int) -> GenerationParams:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string", param="model")
-    if body.get("n", 1) != 1:
-        raise BadRequest("only n = 1 is supported", param="n")
+    n = body.get("n")
+    if n is not None and not (_is_int(n) and n == 1):
+        raise BadRequest(f"only n = 1 is supported; got {_shown(n)}", param="n")
+    _refuse_not_honoured(body)
     stream = _typed(body, "stream", bool, False)
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    if options is None:
+        options = {}
     if not isinstance(options, dict):
         raise BadRequest("'stream_options' must be an object", param="stream_options")
+    temperature = _number(body, "temperature", 1.0, low=0.0, high=2.0)
+    top_p = _number(body, "top_p", 1.0, low=0.0, high=1.0)
+    if top_p == 0.0:
+        # OpenAI allows 0: "only the most likely token", i.e. greedy. The nucleus filter
+        # would keep no token at all, so it becomes temperature 0 instead.
+        temperature, top_p = 0.0, 1.0
     return GenerationParams(
-        model=model,
-        max_tokens=_max_tokens(max_tokens, max_context),
-        temperature=_number(body, "temperature", 1.0, low=0.0, high=2.0),
-        top_p=_number(body, "top_p", 1.0, low=0.0, high=1.0, low_open=True),
+        model=_unicode("model", model) if model is not None else None,
+        max_tokens=_max_tokens(max_tokens_key, body.get(max_tokens_key), max_context),
+        temperature=temperature,
+        top_p=top_p,
         seed=_seed(body.get("seed")),
         stop=_stop(body.get("stop")),
         stream=stream,
-        include_usage=_typed(options, "include_usage", bool, False),
+        include_usage=_typed(options, "include_usage", bool, False, where="stream_options."),
         logit_bias=_logit_bias(body.get("logit_bias")),
     )
 
 
-def _max_tokens(value: Any, max_context: int) -> int | None:
+def _refuse_not_honoured(body: dict[str, Any]) -> None:
+    for key, unset in NOT_HONOURED.items():
+        value = body.get(key)
+        # `type(...)` too, since True == 1 and 0 == False in Python.
+        if value is not None and not any(value == u and type(value) is type(u) for u in unset):
+            raise BadRequest(
+                f"'{key}' is not supported by this server; got {_shown(value)}", param=key
+            )
+
+
+def _max_tokens(key: str, value: Any, max_context: int) -> int | None:
     if value is None:
         return None
     if not _is_int(value) or not 1 <= value <= max_context:
         raise BadRequest(
-            f"'max_tokens' must be an integer from 1 to {max_context} (this server's context); "
-            f"got {value!r}",
-            param="max_tokens",
+            f"'{key}' must be an integer from 1 to {max_context} (this server's context); "
+            f"got {_shown(value)}",
+            param=key,
         )
     return int(value)
 
@@ -148,23 +237,29 @@ def _number(
     *,
     low: float,
     high: float,
-    low_open: bool = False,
 ) -> float:
     value = body.get(key)
     if value is None:
         return default
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and (value > low or (not low_open and value == low)) and value <= high:
+    if _in_range(value, low, high):
         return float(value)
-    bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-    raise BadRequest(f"'{key}' must be a number in {bounds}; got {value!r}", param=key)
+    raise BadRequest(
+        f"'{key}' must be a number in [{low:g}, {high:g}]; got {_shown(value)}", param=key
+    )
+
+
+def _in_range(value: Any, low: float, high: float) -> bool:
+    """A JSON number within [low, high]: not a bool, not NaN, and compared without
+    converting to float first (`float(10**400)` raises)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and low <= value <= high
 
 
 def _seed(value: Any) -> int | None:
     if value is None:
         return None
     if not _is_int(value):
-        raise BadRequest(f"'seed' must be an integer; got {value!r}", param="seed")
+        raise BadRequest(f"'seed' must be an integer; got {_shown(value)}", param="seed")
     return int(value) % 2**32
 
 
@@ -181,7 +276,7 @@ def _stop(value: Any) -> tuple[str, ...]:
             f"'stop' must be a string or an array of at most {MAX_STOP_STRINGS} strings",
             param="stop",
         )
-    return tuple(s for s in stops if s)
+    return tuple(_unicode("stop", s) for s in stops if s)
 
 
 def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
@@ -197,27 +292,32 @@ def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
         )
     entries = []
     for key, bias in value.items():
-        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+        if not (key.isascii() and key.isdigit()):  # JSON object keys are always strings
             raise BadRequest(
-                f"'logit_bias' keys must be token ids; got {key!r}", param="logit_bias"
+                f"'logit_bias' keys must be token ids; got {_shown(key)}", param="logit_bias"
             )
-        number = isinstance(bias, int | float) and not isinstance(bias, bool)
-        if not (number and math.isfinite(bias) and abs(bias) <= LOGIT_BIAS_LIMIT):
+        if not _in_range(bias, -LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT):
             raise BadRequest(
-                f"'logit_bias' values must be numbers in [-100, 100]; got {bias!r} for {key}",
+                f"'logit_bias' values must be numbers in [-100, 100]; got {_shown(bias)} for {key}",
                 param="logit_bias",
             )
         entries.append((int(key), float(bias)))
     return tuple(sorted(entries))
 
 
-def _typed(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = body.get(key, default)
+def _typed(body: dict[str, Any], key: str, kind: type, default: Any, *, where: str = "") -> Any:
+    value = body.get(key)
     if value is None:
         return default
     if not isinstance(value, kind):
-        raise BadRequest(f"'{key}' must be a {kind.__name__}; got {value!r}", param=key)
+        name = f"{where}{key}"
+        raise BadRequest(f"'{name}' must be a {kind.__name__}; got {_shown(value)}", param=name)
     return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}…"
 
 
 def _is_int(value: Any) -> bool:

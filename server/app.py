@@ -8,7 +8,7 @@ import logging
 
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from macprovider.server import routes
 from macprovider.server.connections import mend_connections
@@ -69,7 +69,11 @@ def create_app(provider: Provider) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        return error_response(_from_http_exception(error))
+        response = error_response(_from_http_exception(error))
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            # RFC 9110 requires a 405 to say which methods the resource takes.
+            response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:

@@ -44,7 +44,7 @@ class Shape:
 
     def full_choice(self, text: str, finish: str) -> dict[str, Any]:
         if self.prompt_param == "messages":
-            message = {"role": "assistant", "content": text}
+            message = {"role": "assistant", "content": text, "refusal": None}
             return {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
         return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
 
@@ -69,10 +69,18 @@ class Reply:
     id: str
     created: int
     model: str
+    include_usage: bool = False
 
     def envelope(self, obj: str, **fields: Any) -> dict[str, Any]:
         head = {"id": self.id, "object": obj, "created": self.created, "model": self.model}
         return head | fields
+
+    def chunk(self, choices: list[dict[str, Any]], used: dict[str, int] | None = None) -> bytes:
+        """One stream chunk. As OpenAI's spec says, `usage` is there only when the client
+        set `stream_options.include_usage`: null on every chunk but the last, which has
+        `choices: []`. (Usage on more chunks than one gets counted twice by LangChain.)"""
+        extra = {"usage": used} if self.include_usage else {}
+        return _sse(self.envelope(self.shape.chunk_object, choices=choices, **extra))
 
     def text_chunk(self, text: str) -> bytes:
         """A mid-stream chunk: the hot path, so only the text is encoded per token."""
@@ -83,8 +91,7 @@ class Reply:
     def _text_chunk_frame(self) -> tuple[bytes, bytes]:
         # Rendered once through the general path, so both paths agree byte for byte.
         marker = "\u0000"
-        choice = self.shape.chunk_choice(marker, None, first=False)
-        frame = _sse(self.envelope(self.shape.chunk_object, choices=[choice]))
+        frame = self.chunk([self.shape.chunk_choice(marker, None, first=False)])
         head, tail = frame.split(json.dumps(marker).encode())
         return head, tail
 
@@ -124,9 +131,7 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def stream_chunks(
-    generation: Generation, reply: Reply, include_usage: bool
-) -> AsyncIterator[bytes]:
+async def stream_chunks(generation: Generation, reply: Reply) -> AsyncIterator[bytes]:
     shape, first = reply.shape, True
     yield SSE_ACCEPTED
     try:
@@ -136,12 +141,10 @@ async def stream_chunks(
                 yield reply.text_chunk(text)
                 continue
             finish = (CUT_FINISH if _cut(end) else end.finish_reason) if end else None
-            extra = {"usage": usage(end)} if end else {}
-            choice = shape.chunk_choice(text, finish, first)
-            yield _sse(reply.envelope(shape.chunk_object, choices=[choice], **extra))
+            yield reply.chunk([shape.chunk_choice(text, finish, first)])
             first = False
-            if end and include_usage:
-                yield _sse(reply.envelope(shape.chunk_object, choices=[], usage=usage(end)))
+            if end and reply.include_usage:
+                yield reply.chunk([], usage(end))
             if _cut(end):
                 raise _cut_by_shutdown()
     except ApiError as error:
@@ -201,9 +204,13 @@ async def chat_text(provider: Provider, req: api.ChatRequest) -> str:
 
 
 def too_long(shape: Shape, size: str, limit: int) -> ContextLengthExceeded:
+    """OpenAI's wording, word for word up to the count: LiteLLM and others recognise a
+    context overflow by its first sentence."""
+    what = shape.prompt_param
     return ContextLengthExceeded(
-        f"the prompt is {size}; this server's context is {limit} tokens",
-        param=shape.prompt_param,
+        f"This model's maximum context length is {limit} tokens. However, your {what} "
+        f"resulted in {size}. Please reduce the length of the {what}.",
+        param=what,
         code="context_length_exceeded",
     )
 
@@ -221,9 +228,9 @@ async def tokenize(
         tokenization = provider.tokenization
         least = tokenization.min_tokens(text_bytes)
         if least > limit:
-            size = f"{text_bytes} bytes of text, so at least {least} tokens"
             longest = tokenization.max_token_bytes
-            raise too_long(shape, f"{size} (no token is longer than {longest} bytes)", limit)
+            size = f"at least {least} tokens ({text_bytes} bytes of text, no token longer than"
+            raise too_long(shape, f"{size} {longest} bytes)", limit)
         tokens = await tokenization.encode(prompt, special_tokens=special_tokens)
     else:
         tokens = list(prompt)
@@ -259,10 +266,14 @@ async def generate(
     check_logit_bias(params, len(tokenizer))
     generation = provider.admit(tokens, params)
     reply = Reply(
-        shape, f"{shape.id_prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), provider.served_id
+        shape,
+        f"{shape.id_prefix}-{uuid.uuid4().hex[:24]}",
+        int(time.time()),
+        provider.served_id,
+        include_usage=params.include_usage,
     )
     if params.stream:
-        chunks = stream_chunks(generation, reply, params.include_usage)
+        chunks = stream_chunks(generation, reply)
         body = ClosingBody(chunks, generation)
         return Response(body, mimetype="text/event-stream", headers=SSE_HEADERS)
     return Response(json.dumps(await collect(generation, reply)), mimetype="application/json")

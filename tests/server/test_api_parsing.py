@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from macprovider.server.api import (
+    MAX_JSON_DEPTH,
     decode_json_body,
     parse_chat_request,
     parse_completion_request,
@@ -22,6 +23,10 @@ MSG = [{"role": "user", "content": "hi"}]
         ({"messages": MSG}, "max_tokens", None),
         ({"messages": MSG, "max_tokens": 5}, "max_tokens", 5),
         ({"messages": MSG, "max_completion_tokens": 6, "max_tokens": 5}, "max_tokens", 6),
+        # An explicit null is "unset", as LangChain sends it for every field it leaves alone.
+        ({"messages": MSG, "max_completion_tokens": None, "max_tokens": 5}, "max_tokens", 5),
+        ({"messages": MSG, "max_completion_tokens": 4, "max_tokens": None}, "max_tokens", 4),
+        ({"messages": MSG, "max_tokens": 10**2}, "max_tokens", 100),
         ({"messages": MSG}, "temperature", 1.0),
         ({"messages": MSG, "temperature": 0}, "temperature", 0.0),
         ({"messages": MSG, "top_p": 0.5}, "top_p", 0.5),
@@ -30,6 +35,19 @@ MSG = [{"role": "user", "content": "hi"}]
         ({"messages": MSG, "seed": -1}, "seed", 2**32 - 1),
         ({"messages": MSG, "stream": True}, "stream", True),
         ({"messages": MSG, "stream_options": {"include_usage": True}}, "include_usage", True),
+        ({"messages": MSG, "top_p": 1}, "top_p", 1.0),
+        ({"messages": MSG, "top_p": 0, "temperature": 1.5}, "temperature", 0.0),  # greedy
+        ({"messages": MSG, "top_p": 0}, "top_p", 1.0),
+        ({"messages": MSG, "seed": 10**30}, "seed", 10**30 % 2**32),
+        (
+            {"messages": MSG, "logit_bias": {"7": -100, "3": 0.5}},
+            "logit_bias",
+            ((3, 0.5), (7, -100.0)),
+        ),
+        # Not-honoured fields at their "not asked for" values pass.
+        ({"messages": MSG, "logprobs": False, "frequency_penalty": 0}, "stream", False),
+        ({"messages": MSG, "tools": [], "tool_choice": "none"}, "stream", False),
+        ({"messages": MSG, "response_format": {"type": "text"}}, "stream", False),
     ],
 )
 def test_chat_params_are_read(body: dict[str, Any], field: str, value: Any) -> None:
@@ -62,7 +80,58 @@ def test_completion_prompt_forms(prompt: Any, parsed: Any) -> None:
         ({"messages": MSG, "temperature": float("nan")}, "temperature"),
         ({"messages": MSG, "stop": ["a"] * 5}, "stop"),
         ({"messages": MSG, "stream_options": 3}, "stream_options"),
-        ({"messages": MSG, "stream_options": {"include_usage": 1}}, "include_usage"),
+        ({"messages": MSG, "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
+        # Wrong JSON types anywhere are a 400 naming the field, never a TypeError.
+        ({"messages": [{"role": {}, "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": [], "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": 1, "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "a\udcffb"}]}, "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+            "messages[0].content",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]},
+            "messages[0].content",
+        ),
+        ({"messages": [{"role": "user", "content": [{"type": {}}]}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [None, 1]}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": {"text": "hi"}}]}, "messages[0].content"),
+        ({"messages": MSG, "max_tokens": True}, "max_tokens"),
+        ({"messages": MSG, "max_tokens": 5.0}, "max_tokens"),
+        ({"messages": MSG, "max_tokens": 10**400}, "max_tokens"),
+        ({"messages": MSG, "max_completion_tokens": 0, "max_tokens": 5}, "max_completion_tokens"),
+        ({"messages": MSG, "temperature": float("inf")}, "temperature"),
+        ({"messages": MSG, "temperature": 10**400}, "temperature"),
+        ({"messages": MSG, "temperature": True}, "temperature"),
+        ({"messages": MSG, "top_p": -0.0001}, "top_p"),
+        ({"messages": MSG, "seed": True}, "seed"),
+        ({"messages": MSG, "seed": "7"}, "seed"),
+        ({"messages": MSG, "stop": {"a": 1}}, "stop"),
+        ({"messages": MSG, "stop": 5}, "stop"),
+        ({"messages": MSG, "stop": ["\ud800"]}, "stop"),
+        ({"messages": MSG, "logit_bias": []}, "logit_bias"),
+        ({"messages": MSG, "logit_bias": {"x": 1}}, "logit_bias"),
+        ({"messages": MSG, "logit_bias": {"\ud800": 1}}, "logit_bias"),
+        ({"messages": MSG, "logit_bias": {"5": "1"}}, "logit_bias"),
+        ({"messages": MSG, "logit_bias": {"5": None}}, "logit_bias"),
+        ({"messages": MSG, "logit_bias": {"5": 10**400}}, "logit_bias"),
+        ({"messages": MSG, "logit_bias": {"5": float("nan")}}, "logit_bias"),
+        ({"messages": MSG, "stream_options": []}, "stream_options"),
+        ({"messages": MSG, "stream_options": False}, "stream_options"),
+        ({"messages": MSG, "n": True}, "n"),
+        ({"messages": MSG, "n": 1.0}, "n"),
+        ({"messages": MSG, "n": {}}, "n"),
+        ({"messages": MSG, "model": "\ud800"}, "model"),
+        # Fields OpenAI defines that are not honoured yet: refused, not silently ignored.
+        ({"messages": MSG, "logprobs": True}, "logprobs"),
+        ({"messages": MSG, "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": MSG, "frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"messages": MSG, "presence_penalty": -1}, "presence_penalty"),
+        ({"messages": MSG, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": MSG, "tools": [{"type": "function"}]}, "tools"),
+        ({"messages": MSG, "tool_choice": "auto"}, "tool_choice"),
     ],
 )
 def test_chat_refusals_name_the_field(body: dict[str, Any], param: str) -> None:
@@ -76,3 +145,102 @@ def test_chat_refusals_name_the_field(body: dict[str, Any], param: str) -> None:
 def test_non_object_bodies_are_refused(raw: bytes) -> None:
     with pytest.raises(BadRequest):
         decode_json_body(raw)
+
+
+NULLS_FOR_EVERY_OPTIONAL_FIELD = {
+    key: None
+    for key in [
+        "model",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "logit_bias",
+        "user",
+        "echo",
+        "suffix",
+        "best_of",
+        "logprobs",
+        "top_logprobs",
+        "frequency_penalty",
+        "presence_penalty",
+        "tools",
+        "tool_choice",
+        "response_format",
+    ]
+}
+
+
+def test_null_means_unset_for_every_optional_field() -> None:
+    chat = parse_chat_request({"messages": MSG, **NULLS_FOR_EVERY_OPTIONAL_FIELD}, max_context=9)
+    plain = parse_chat_request({"messages": MSG}, max_context=9)
+    assert chat == plain
+    body = {"prompt": "hi", **NULLS_FOR_EVERY_OPTIONAL_FIELD}
+    assert parse_completion_request(body, max_context=9) == parse_completion_request(
+        {"prompt": "hi"}, max_context=9
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "\ud800"}, "prompt"),
+        ({"prompt": ["a\udcffb"]}, "prompt"),
+        ({"prompt": [True, 2]}, "prompt"),
+        ({"prompt": [1.0]}, "prompt"),
+        ({"prompt": {"a": 1}}, "prompt"),
+        ({"prompt": "hi", "max_tokens": 0.5}, "max_tokens"),
+        ({"prompt": "hi", "max_completion_tokens": 0.5, "max_tokens": 3}, None),
+        ({"prompt": "hi", "echo": True}, "echo"),
+        ({"prompt": "hi", "suffix": "end"}, "suffix"),
+        ({"prompt": "hi", "best_of": 2}, "best_of"),
+        ({"prompt": "hi", "logprobs": 0}, "logprobs"),
+    ],
+)
+def test_completion_refusals_name_the_field(body: dict[str, Any], param: str | None) -> None:
+    if param is None:  # the chat-only field is an unknown extra here, so ignored
+        parse_completion_request(body, max_context=100)
+        return
+    with pytest.raises(BadRequest) as caught:
+        parse_completion_request(body, max_context=100)
+    assert caught.value.param == param
+
+
+def nested(depth: int) -> bytes:
+    return b'{"a": ' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "refused"),
+    [
+        (nested(MAX_JSON_DEPTH), False),
+        (nested(MAX_JSON_DEPTH + 1), True),
+        (b'{"a": ' + b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1) + b"}", False),
+        (b'{"a": ' + b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH + b"}", True),
+        (b'{"prompt": "' + b"[{" * 1_000 + b'"}', False),  # brackets in a string are text
+        (nested(1_000), True),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", True),  # past the parser's recursion
+    ],
+)
+def test_json_depth_is_limited(raw: bytes, refused: bool) -> None:
+    if not refused:
+        decode_json_body(raw)
+        return
+    with pytest.raises(BadRequest, match=f"deeper than {MAX_JSON_DEPTH} levels"):
+        decode_json_body(raw)
+
+
+def test_an_integer_too_long_to_parse_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest, match="not valid JSON"):
+        decode_json_body(b'{"seed": ' + b"9" * 5000 + b"}")
+
+
+def test_a_refusal_shows_only_the_start_of_a_huge_value() -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_chat_request({"messages": MSG, "max_tokens": "x" * 10**6}, max_context=9)
+    assert len(caught.value.message) < 300

@@ -58,15 +58,18 @@ def test_large_prompts_hold_up_no_one(start_server: StartServer, tiny_model: Pat
     error = refused.json()["error"]
     assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
     size = re.fullmatch(
-        r"the prompt is (\d+) bytes of text, so at least (\d+) tokens \(no token is longer "
-        rf"than {LONGEST_TOKEN} bytes\); this server's context is {CONTEXT} tokens",
+        rf"This model's maximum context length is {CONTEXT} tokens\. However, your messages "
+        r"resulted in at least (\d+) tokens \((\d+) bytes of text, no token longer than "
+        rf"{LONGEST_TOKEN} bytes\)\. Please reduce the length of the messages\.",
         error["message"],
     )
     assert size is not None, error["message"]
-    assert int(size[1]) > len(over_bound) and int(size[2]) > CONTEXT  # the template's bytes too
+    assert int(size[2]) > len(over_bound) and int(size[1]) > CONTEXT  # the template's bytes too
     reply = large["reply"]
     assert reply.status_code == 413  # only tokenizing could tell
-    assert reply.json()["error"]["message"].startswith("the prompt is 631580 tokens;")
+    assert reply.json()["error"]["message"].endswith(
+        "your prompt resulted in 631580 tokens. Please reduce the length of the prompt."
+    )
 
 
 def test_the_longest_token_is_measured_with_special_tokens(tiny_model: Path) -> None:

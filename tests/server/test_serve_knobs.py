@@ -144,7 +144,8 @@ def test_max_context_gate_is_exact(start_server: StartServer, tiny_model: Path) 
     assert over.status_code == 413
     assert over.json() == {
         "error": {
-            "message": "the prompt is 65 tokens; this server's context is 64 tokens",
+            "message": "This model's maximum context length is 64 tokens. However, your prompt "
+            "resulted in 65 tokens. Please reduce the length of the prompt.",
             "type": "invalid_request_error",
             "param": "prompt",
             "code": "context_length_exceeded",
