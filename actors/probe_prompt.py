@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from macprovider.server import chat_prompt
 from macprovider.server.model_facts import stop_token_ids
 
 # Public-domain prose: realistic text for the tokenizer, not one repeated token.
@@ -95,8 +96,8 @@ def load_prompt_tokenizer(folder: Path) -> PromptTokenizer:
     tokenizer = load(folder)
 
     def count(content: str) -> int:
-        messages = [{"role": "user", "content": content}]
-        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        # As the provider counts a chat's prompt, so the recorded length is the one served.
+        return len(chat_prompt.encode(tokenizer, [{"role": "user", "content": content}]))
 
     stop_ids = tuple(sorted(stop_token_ids(folder, tokenizer.eos_token_ids)))
     stops = {tokenizer.convert_ids_to_tokens(token) for token in stop_ids}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
+from macprovider.server.batch_sampling import TOP_LOGPROBS
 from macprovider.server.errors import BadRequest
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -15,6 +17,10 @@ MAX_STOP_STRINGS = 4
 # OpenAI's bounds for `logit_bias`: -100 bans a token, 100 all but forces it.
 LOGIT_BIAS_LIMIT = 100.0
 MAX_LOGIT_BIAS_ENTRIES = 300
+# OpenAI's bounds for `presence_penalty` and `frequency_penalty`.
+PENALTY_LIMIT = 2.0
+# OpenAI's largest `logprobs` on /v1/completions (chat's `top_logprobs` goes to TOP_LOGPROBS).
+MAX_COMPLETION_LOGPROBS = 5
 # No OpenAI body nests deeper than about 6 levels (messages → content parts → fields); 64
 # leaves room for any honest client while the parser, `repr` and logging stay far from
 # Python's recursion limit (a 1,000-deep body would otherwise end in a RecursionError).
@@ -29,10 +35,6 @@ NOT_HONOURED: dict[str, tuple[Any, ...]] = {
     "echo": (False,),
     "suffix": ("",),
     "best_of": (1,),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "frequency_penalty": (0, 0.0),
-    "presence_penalty": (0, 0.0),
     "tools": ([],),
     "functions": ([],),
     "tool_choice": ("none",),
@@ -52,6 +54,10 @@ class GenerationParams:
     stream: bool
     include_usage: bool
     logit_bias: tuple[tuple[int, float], ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1: off
+    top_logprobs: int | None = None  # None: no logprobs; k: the chosen token's and k best
 
 
 @dataclass(frozen=True)
@@ -112,12 +118,13 @@ def parse_chat_request(body: dict[str, Any], *, max_context: int) -> ChatRequest
     parsed = tuple(_parse_message(i, m) for i, m in enumerate(messages))
     # The newer name wins; a null one is unset, so the other still counts.
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return ChatRequest(parsed, _parse_params(body, key, max_context))
+    return ChatRequest(parsed, _parse_params(body, key, max_context, _chat_logprobs(body)))
 
 
 def parse_completion_request(body: dict[str, Any], *, max_context: int) -> CompletionRequest:
     return CompletionRequest(
-        _parse_prompt(body.get("prompt")), _parse_params(body, "max_tokens", max_context)
+        _parse_prompt(body.get("prompt")),
+        _parse_params(body, "max_tokens", max_context, _completion_logprobs(body)),
     )
 
 
@@ -175,7 +182,9 @@ def _parse_prompt(prompt: Any) -> str | tuple[int, ...]:
     )
 
 
-def _parse_params(body: dict[str, Any], max_tokens_key: str, max_context: int) -> GenerationParams:
+def _parse_params(
+    body: dict[str, Any], max_tokens_key: str, max_context: int, top_logprobs: int | None
+) -> GenerationParams:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string", param="model")
@@ -205,6 +214,59 @@ def _parse_params(body: dict[str, Any], max_tokens_key: str, max_context: int) -
         stream=stream,
         include_usage=_typed(options, "include_usage", bool, False, where="stream_options."),
         logit_bias=_logit_bias(body.get("logit_bias")),
+        presence_penalty=_number(
+            body, "presence_penalty", 0.0, low=-PENALTY_LIMIT, high=PENALTY_LIMIT
+        ),
+        frequency_penalty=_number(
+            body, "frequency_penalty", 0.0, low=-PENALTY_LIMIT, high=PENALTY_LIMIT
+        ),
+        repetition_penalty=_repetition_penalty(body.get("repetition_penalty")),
+        top_logprobs=top_logprobs,
+    )
+
+
+def _chat_logprobs(body: dict[str, Any]) -> int | None:
+    """Chat's `logprobs: true` with `top_logprobs` alternatives per token (0 unless given)."""
+    wanted = _typed(body, "logprobs", bool, False)
+    top = body.get("top_logprobs")
+    if top is not None and not (_is_int(top) and 0 <= top <= TOP_LOGPROBS):
+        raise BadRequest(
+            f"'top_logprobs' must be an integer from 0 to {TOP_LOGPROBS}; got {_shown(top)}",
+            param="top_logprobs",
+        )
+    # OpenAI refuses alternatives without `logprobs: true`; a 0 asks for nothing, so passes.
+    if top and not wanted:
+        raise BadRequest(
+            f"'top_logprobs' needs 'logprobs': true; got 'logprobs' {_shown(body.get('logprobs'))}",
+            param="top_logprobs",
+        )
+    return (top or 0) if wanted else None
+
+
+def _completion_logprobs(body: dict[str, Any]) -> int | None:
+    """Completions' `logprobs`: how many alternatives per token, the chosen token's always."""
+    value = body.get("logprobs")
+    if value is None:
+        return None
+    if not (_is_int(value) and 0 <= value <= MAX_COMPLETION_LOGPROBS):
+        raise BadRequest(
+            f"'logprobs' must be an integer from 0 to {MAX_COMPLETION_LOGPROBS}; "
+            f"got {_shown(value)}",
+            param="logprobs",
+        )
+    return int(value)
+
+
+def _repetition_penalty(value: Any) -> float:
+    """mlx-lm's extension: positive logits of every token in the context so far divided by
+    it, negative ones multiplied (the CTRL rule). 0 and below would flip or blow up logits."""
+    if value is None:
+        return 1.0
+    if _in_range(value, 0.0, sys.float_info.max) and value > 0:
+        return float(value)
+    raise BadRequest(
+        f"'repetition_penalty' must be a number above 0; got {_shown(value)}",
+        param="repetition_penalty",
     )
 
 

@@ -89,16 +89,19 @@ class StepLogprobs:
         return StepLogprobs(self.chosen[index], self.top_ids[index], self.top_values[index])
 
     def per_row(self, wanted: Sequence[int | None]) -> list[TokenLogprobs | None]:
-        chosen = cast(list[float], self.chosen.tolist())
-        ids = cast(list[list[int]], self.top_ids.tolist())
-        values = cast(list[list[float]], self.top_values.tolist())
-        rows: list[TokenLogprobs | None] = []
-        for i, k in enumerate(wanted):
-            if k is None:
-                rows.append(None)
-                continue
-            best = sorted(zip(ids[i], values[i], strict=True), key=lambda p: -p[1])[:k]
-            rows.append(TokenLogprobs(chosen[i], tuple(best)))
+        rows: list[TokenLogprobs | None] = [None] * len(wanted)
+        asking = [i for i, k in enumerate(wanted) if k is not None]
+        if not asking:
+            return rows
+        # Only the rows that asked are read out: the others' [K] values would cross to
+        # Python every step for nothing.
+        step = self if len(asking) == len(wanted) else self.take(asking)
+        chosen = cast(list[float], step.chosen.tolist())
+        ids = cast(list[list[int]], step.top_ids.tolist())
+        values = cast(list[list[float]], step.top_values.tolist())
+        for j, i in enumerate(asking):
+            best = sorted(zip(ids[j], values[j], strict=True), key=lambda p: -p[1])
+            rows[i] = TokenLogprobs(chosen[j], tuple(best[: wanted[i]]))
         return rows
 
 

@@ -11,6 +11,7 @@ job's events of that step.
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -21,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 from mlx_lm.utils import load
 
 from macprovider.server.batch_cache import GROUP_SIZE, MergeableQuantizedKVCache
 from macprovider.server.batch_generator import BatchStepGenerator
-from macprovider.server.batch_sampling import SamplingParams
+from macprovider.server.batch_sampling import SamplingParams, TokenLogprobs
 from macprovider.server.errors import ModelLoadError
 from macprovider.server.metrics import Metrics
 from macprovider.server.model_facts import stop_token_ids
@@ -49,9 +51,21 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Sampled:
+    """A generated token and its logprobs, for a job that asked for them."""
+
+    token: int
+    logprobs: TokenLogprobs
+
+
+@dataclass(frozen=True)
 class TextDelta:
+    """The text one step added to a job (may be empty while the detokenizer or a stop
+    string holds it back), and the step's token where the job asked for logprobs."""
+
     job_id: int
     text: str
+    sampled: Sampled | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,36 @@ class _Slot:
     generated: int = 0
 
 
+class _UntrimmedBPEDetokenizer(BPEStreamingDetokenizer):  # type: ignore[misc]
+    """mlx-lm's byte-level BPE detokenizer, keeping the first token's leading space.
+
+    mlx-lm drops it (so does mlx_lm.server): "The colours are" completed as "the primary…"
+    read "arethe". A completion continues the prompt, so its text must be the tokenizer's
+    `decode` of the new tokens, which keeps it (as OpenAI, vLLM and HF do). mlx-lm 0.32 has no
+    switch for this, only the one method to override. Chat is no different: after the
+    template's `assistant\n` a model rarely starts with a space, and if it does, it said one.
+    SentencePiece's trim (and the naive detokenizer's) already match `decode`, which drops
+    the word-start mark of the first piece."""
+
+    def _maybe_trim_space(self, current_text: str) -> str:
+        return current_text
+
+
+def text_detokenizer(tokenizer: Any) -> Any:
+    """A streaming detokenizer whose text is `tokenizer.decode` of its tokens: a prototype,
+    copied and reset per job as mlx-lm's own `TokenizerWrapper.detokenizer` does."""
+    detokenizer = tokenizer.detokenizer
+    if type(detokenizer) is BPEStreamingDetokenizer:
+        return _UntrimmedBPEDetokenizer(tokenizer)
+    return detokenizer
+
+
+def fresh_detokenizer(prototype: Any) -> Any:
+    detokenizer = copy.copy(prototype)
+    detokenizer.reset()
+    return detokenizer
+
+
 class Engine:
     def __init__(
         self,
@@ -119,6 +163,7 @@ class Engine:
         self.finished = threading.Event()
         self.load_error: str | None = None
         self.tokenizer: Any = None
+        self._detokenizer: Any = None  # the prototype `text_detokenizer` gives, set at load
         self.model: Any = None
         self._waiting: deque[Job] = deque()
         self._active: dict[int, _Slot] = {}
@@ -163,6 +208,7 @@ class Engine:
             self.model, self.tokenizer = load(str(self.model_path))
         except Exception as exc:
             raise ModelLoadError(str(exc)) from exc
+        self._detokenizer = text_detokenizer(self.tokenizer)
         self._generator = self._new_generator()
         self._metrics.kv_cache_bits.set(self.kv_bits or 0)
         self._metrics.model_loaded.set(1)
@@ -224,7 +270,8 @@ class Engine:
                 caches=caches,
                 samplers=[job.sampling],
             )
-            self._active[uid] = _Slot(job, self.tokenizer.detokenizer, StopStringFilter(job.stop))
+            detokenizer = fresh_detokenizer(self._detokenizer)
+            self._active[uid] = _Slot(job, detokenizer, StopStringFilter(job.stop))
             self._metrics.prompt_tokens.inc(len(job.prompt_tokens))
         self._publish_occupancy()
 
@@ -289,7 +336,11 @@ class Engine:
             finish = "stop"
         elif finish is not None:
             text += slot.stops.flush()
-        events: list[Event] = [TextDelta(job.job_id, text)] if text else []
+        # The EOS token ("stop" from the generator) is never shown, nor its logprob.
+        sampled = None
+        if response.logprobs is not None and response.finish_reason != "stop":
+            sampled = Sampled(response.token, response.logprobs)
+        events: list[Event] = [TextDelta(job.job_id, text, sampled)] if text or sampled else []
         if finish is not None:
             del self._active[response.uid]
             events.append(self._finished(slot, finish))

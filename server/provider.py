@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from macprovider.server import chat_prompt
 from macprovider.server.api import DEFAULT_MAX_TOKENS, GenerationParams
 from macprovider.server.batch_sampling import SamplingParams
 from macprovider.server.config import ServeConfig
@@ -106,15 +107,25 @@ class Tokenization:
         return -(-text_bytes // self.max_token_bytes)
 
     async def encode(self, text: str, *, special_tokens: bool) -> list[int]:
-        large = len(text) > LARGE_PROMPT_CHARS
-        if large:
-            log.info("tokenizing a prompt of %d characters in the large-prompt lane", len(text))
-        tokenizer, limiter = self._large if large else self._small
+        tokenizer, limiter = self._lane(len(text))
 
         def encode() -> list[int]:
             return list(tokenizer.encode(text, add_special_tokens=special_tokens))
 
         return await trio.to_thread.run_sync(encode, limiter=limiter)
+
+    async def encode_chat(self, messages: chat_prompt.Messages, rendered: str) -> list[int]:
+        """A chat's prompt ids (`chat_prompt.encode`), in the lane its `rendered` text's
+        length picks: it flips tokenizer settings, so it must own its tokenizer copy."""
+        tokenizer, limiter = self._lane(len(rendered))
+        encode = chat_prompt.encode
+        return await trio.to_thread.run_sync(encode, tokenizer, messages, limiter=limiter)
+
+    def _lane(self, chars: int) -> tuple[Any, trio.CapacityLimiter]:
+        if chars <= LARGE_PROMPT_CHARS:
+            return self._small
+        log.info("tokenizing a prompt of %d characters in the large-prompt lane", chars)
+        return self._large
 
 
 class Provider:
@@ -210,7 +221,14 @@ class Provider:
             prompt_tokens=prompt,
             max_tokens=min(params.max_tokens or DEFAULT_MAX_TOKENS, room),
             sampling=SamplingParams(
-                params.temperature, params.top_p, params.seed, params.logit_bias
+                params.temperature,
+                params.top_p,
+                params.seed,
+                params.logit_bias,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                repetition_penalty=params.repetition_penalty,
+                top_logprobs=params.top_logprobs,
             ),
             stop=params.stop,
         )

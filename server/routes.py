@@ -14,8 +14,8 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from macprovider.server import api
-from macprovider.server.engine import Event, JobFailed, JobFinished, TextDelta
+from macprovider.server import api, chat_prompt
+from macprovider.server.engine import Event, JobFailed, JobFinished, Sampled, TextDelta
 from macprovider.server.errors import (
     ApiError,
     BadRequest,
@@ -25,7 +25,8 @@ from macprovider.server.errors import (
     ServerError,
     ShuttingDown,
 )
-from macprovider.server.provider import Generation, Provider
+from macprovider.server.logprobs import Logprobs, TokenSpeller
+from macprovider.server.provider import Generation, Provider, Tokenization
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Hypercorn holds the response headers back until the first body bytes; this SSE comment
@@ -42,19 +43,23 @@ class Shape:
     chunk_object: str
     prompt_param: str
 
-    def full_choice(self, text: str, finish: str) -> dict[str, Any]:
+    def full_choice(
+        self, text: str, finish: str, logprobs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         if self.prompt_param == "messages":
             message = {"role": "assistant", "content": text, "refusal": None}
-            return {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
-        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            return {"index": 0, "message": message, "finish_reason": finish, "logprobs": logprobs}
+        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
 
-    def chunk_choice(self, text: str, finish: str | None, first: bool) -> dict[str, Any]:
+    def chunk_choice(
+        self, text: str, finish: str | None, first: bool, logprobs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         if self.prompt_param == "messages":
             delta: dict[str, str] = {"role": "assistant"} if first else {}
             if text or not finish:
                 delta["content"] = text
-            return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
 
 
 CHAT = Shape("chatcmpl", "chat.completion", "chat.completion.chunk", "messages")
@@ -70,6 +75,13 @@ class Reply:
     created: int
     model: str
     include_usage: bool = False
+    logprobs: Logprobs | None = None  # None: not asked for
+
+    def logprobs_of(self, batch: list[Event]) -> dict[str, Any] | None:
+        """The logprobs of the tokens in `batch`, or None where the request did not ask."""
+        if self.logprobs is None:
+            return None
+        return self.logprobs.render(_sampled(batch))
 
     def envelope(self, obj: str, **fields: Any) -> dict[str, Any]:
         head = {"id": self.id, "object": obj, "created": self.created, "model": self.model}
@@ -123,6 +135,10 @@ def _outcome(batch: list[Event]) -> tuple[str, JobFinished | None]:
     return text, end if isinstance(end, JobFinished) else None
 
 
+def _sampled(batch: list[Event]) -> list[Sampled]:
+    return [e.sampled for e in batch if isinstance(e, TextDelta) and e.sampled is not None]
+
+
 def _cut(end: JobFinished | None) -> bool:
     return end is not None and end.finish_reason == "cancelled"
 
@@ -137,11 +153,12 @@ async def stream_chunks(generation: Generation, reply: Reply) -> AsyncIterator[b
     try:
         async for batch in generation.batches():
             text, end = _outcome(batch)
-            if end is None and not first:
+            logprobs = reply.logprobs_of(batch)
+            if end is None and not first and logprobs is None:
                 yield reply.text_chunk(text)
                 continue
             finish = (CUT_FINISH if _cut(end) else end.finish_reason) if end else None
-            yield reply.chunk([shape.chunk_choice(text, finish, first)])
+            yield reply.chunk([shape.chunk_choice(text, finish, first, logprobs)])
             first = False
             if end and reply.include_usage:
                 yield reply.chunk([], usage(end))
@@ -154,14 +171,18 @@ async def stream_chunks(generation: Generation, reply: Reply) -> AsyncIterator[b
 
 async def collect(generation: Generation, reply: Reply) -> dict[str, Any]:
     parts: list[str] = []
+    steps: list[Event] = []
     try:
         async for batch in generation.batches():
             text, end = _outcome(batch)
             parts.append(text)
+            if reply.logprobs is not None:
+                steps += batch
             if _cut(end):
                 raise _cut_by_shutdown()
             if end is not None:
-                choice = reply.shape.full_choice("".join(parts), end.finish_reason)
+                logprobs = reply.logprobs_of(steps)
+                choice = reply.shape.full_choice("".join(parts), end.finish_reason, logprobs)
                 return reply.envelope(reply.shape.full_object, choices=[choice], usage=usage(end))
     finally:
         generation.close()
@@ -186,21 +207,26 @@ class ClosingBody:
         await self._chunks.aclose()  # type: ignore[attr-defined]
 
 
-async def chat_text(provider: Provider, req: api.ChatRequest) -> str:
-    tokenizer: Any = provider.tokenizer
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A chat's messages and their rendering, which is what bounds its size (templates may
+    trim or drop content); the ids come from the messages (`chat_prompt.encode`)."""
 
-    def render() -> str:
-        try:
-            text: str = tokenizer.apply_chat_template(
-                list(req.messages), add_generation_prompt=True, tokenize=False
-            )
-        except Exception as exc:  # the template's own complaint is the useful message
-            raise BadRequest(f"messages rejected by the chat template: {exc}") from None
-        return text
+    messages: chat_prompt.Messages
+    text: str
 
+
+def chat_rejected(exc: chat_prompt.ChatPromptError) -> BadRequest:
+    return BadRequest(f"messages rejected by the chat template: {exc}")
+
+
+async def render_chat(provider: Provider, req: api.ChatRequest) -> ChatPrompt:
     # Rendering is plain Python, quick even for MB of text; a thread keeps the loop free.
-    # Its length, not the messages', bounds the tokens: templates may trim or drop content.
-    return await trio.to_thread.run_sync(render)
+    try:
+        text = await trio.to_thread.run_sync(chat_prompt.render, provider.tokenizer, req.messages)
+    except chat_prompt.ChatPromptError as exc:
+        raise chat_rejected(exc) from None
+    return ChatPrompt(req.messages, text)
 
 
 def too_long(shape: Shape, size: str, limit: int) -> ContextLengthExceeded:
@@ -216,22 +242,23 @@ def too_long(shape: Shape, size: str, limit: int) -> ContextLengthExceeded:
 
 
 async def tokenize(
-    provider: Provider, shape: Shape, prompt: str | tuple[int, ...], *, special_tokens: bool
+    provider: Provider, shape: Shape, prompt: str | tuple[int, ...] | ChatPrompt
 ) -> list[int]:
     """The prompt's tokens, refused (413) as soon as its size says it cannot fit: text
     whose bytes alone need more tokens than the context never reaches a tokenizer, where
     a few MB would hold a lane for seconds only to be refused."""
     limit = provider.config.max_context
     tokenizer: Any = provider.tokenizer
-    if isinstance(prompt, str):
-        text_bytes = len(prompt.encode())
+    if isinstance(prompt, str | ChatPrompt):
+        text = prompt.text if isinstance(prompt, ChatPrompt) else prompt
+        text_bytes = len(text.encode())
         tokenization = provider.tokenization
         least = tokenization.min_tokens(text_bytes)
         if least > limit:
             longest = tokenization.max_token_bytes
             size = f"at least {least} tokens ({text_bytes} bytes of text, no token longer than"
             raise too_long(shape, f"{size} {longest} bytes)", limit)
-        tokens = await tokenization.encode(prompt, special_tokens=special_tokens)
+        tokens = await encode(tokenization, prompt)
     else:
         tokens = list(prompt)
         vocab = len(tokenizer)
@@ -240,6 +267,18 @@ async def tokenize(
     if len(tokens) > limit:
         raise too_long(shape, f"{len(tokens)} tokens", limit)
     return tokens
+
+
+async def encode(tokenization: Tokenization, prompt: str | ChatPrompt) -> list[int]:
+    """A completion's prompt is the caller's whole text, special-token text parsed as the
+    tokens it spells (as mlx_lm.server and vLLM do); a chat's messages stay text, and only
+    the template writes control tokens."""
+    if isinstance(prompt, str):
+        return await tokenization.encode(prompt, special_tokens=True)
+    try:
+        return await tokenization.encode_chat(prompt.messages, prompt.text)
+    except chat_prompt.ChatPromptError as exc:
+        raise chat_rejected(exc) from None
 
 
 def check_logit_bias(params: api.GenerationParams, vocab: int) -> None:
@@ -255,11 +294,9 @@ async def generate(
     provider: Provider,
     shape: Shape,
     params: api.GenerationParams,
-    prompt: str | tuple[int, ...],
-    *,
-    special_tokens: bool = True,
+    prompt: str | tuple[int, ...] | ChatPrompt,
 ) -> Response:
-    tokens = await tokenize(provider, shape, prompt, special_tokens=special_tokens)
+    tokens = await tokenize(provider, shape, prompt)
     if not tokens:
         raise BadRequest("the prompt encodes to no tokens", param=shape.prompt_param)
     tokenizer: Any = provider.tokenizer
@@ -271,6 +308,9 @@ async def generate(
         int(time.time()),
         provider.served_id,
         include_usage=params.include_usage,
+        logprobs=None
+        if params.top_logprobs is None
+        else Logprobs(TokenSpeller(tokenizer), chat=shape is CHAT),
     )
     if params.stream:
         chunks = stream_chunks(generation, reply)
@@ -303,9 +343,8 @@ def register(app: QuartTrio, provider: Provider) -> None:
     async def chat_completions() -> Response:
         req = api.parse_chat_request(await _json_body(provider), max_context=max_context)
         check_model(provider, req.params)
-        # The template writes the model's special tokens itself.
-        text = await chat_text(provider, req)
-        return await generate(provider, CHAT, req.params, text, special_tokens=False)
+        prompt = await render_chat(provider, req)
+        return await generate(provider, CHAT, req.params, prompt)
 
     @app.post("/v1/completions")
     async def completions() -> Response:

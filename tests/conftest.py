@@ -183,12 +183,19 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         server.stop()
 
 
+def long_lived_server(
+    tmp_path_factory: pytest.TempPathFactory, name: str, model: Path, *flags: str
+) -> Iterator[ServerProcess]:
+    """The body of a module- or session-scoped server fixture: one server for many tests."""
+    log = tmp_path_factory.mktemp(name) / "serve.log"
+    server = ServerProcess(model, log, *flags).wait_ready()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def shared_server(
     tmp_path_factory: pytest.TempPathFactory, small_model: Path
 ) -> Iterator[ServerProcess]:
     """One `small` server at --max-batch 4 for the tests that only need a working API."""
-    log = tmp_path_factory.mktemp("shared") / "serve.log"
-    server = ServerProcess(small_model, log, "--max-batch", "4").wait_ready()
-    yield server
-    server.stop()
+    yield from long_lived_server(tmp_path_factory, "shared", small_model, "--max-batch", "4")

@@ -44,6 +44,21 @@ MSG = [{"role": "user", "content": "hi"}]
             "logit_bias",
             ((3, 0.5), (7, -100.0)),
         ),
+        # Penalties: OpenAI's two in [-2, 2], mlx-lm's repetition penalty above 0.
+        ({"messages": MSG}, "presence_penalty", 0.0),
+        ({"messages": MSG, "presence_penalty": -2}, "presence_penalty", -2.0),
+        ({"messages": MSG, "frequency_penalty": 2}, "frequency_penalty", 2.0),
+        ({"messages": MSG, "frequency_penalty": 0.5}, "frequency_penalty", 0.5),
+        ({"messages": MSG}, "repetition_penalty", 1.0),
+        ({"messages": MSG, "repetition_penalty": 1.3}, "repetition_penalty", 1.3),
+        ({"messages": MSG, "repetition_penalty": 0.01}, "repetition_penalty", 0.01),
+        # Chat logprobs: None is "not asked"; `logprobs: true` alone is the chosen token's.
+        ({"messages": MSG}, "top_logprobs", None),
+        ({"messages": MSG, "logprobs": False}, "top_logprobs", None),
+        ({"messages": MSG, "logprobs": True}, "top_logprobs", 0),
+        ({"messages": MSG, "logprobs": True, "top_logprobs": 20}, "top_logprobs", 20),
+        ({"messages": MSG, "logprobs": True, "top_logprobs": 3}, "top_logprobs", 3),
+        ({"messages": MSG, "top_logprobs": 0}, "top_logprobs", None),  # asks for nothing
         # Not-honoured fields at their "not asked for" values pass.
         ({"messages": MSG, "logprobs": False, "frequency_penalty": 0}, "stream", False),
         ({"messages": MSG, "tools": [], "tool_choice": "none"}, "stream", False),
@@ -124,11 +139,26 @@ def test_completion_prompt_forms(prompt: Any, parsed: Any) -> None:
         ({"messages": MSG, "n": 1.0}, "n"),
         ({"messages": MSG, "n": {}}, "n"),
         ({"messages": MSG, "model": "\ud800"}, "model"),
-        # Fields OpenAI defines that are not honoured yet: refused, not silently ignored.
-        ({"messages": MSG, "logprobs": True}, "logprobs"),
+        ({"messages": MSG, "presence_penalty": 2.01}, "presence_penalty"),
+        ({"messages": MSG, "presence_penalty": -2.5}, "presence_penalty"),
+        ({"messages": MSG, "presence_penalty": "1"}, "presence_penalty"),
+        ({"messages": MSG, "frequency_penalty": -3}, "frequency_penalty"),
+        ({"messages": MSG, "frequency_penalty": float("nan")}, "frequency_penalty"),
+        ({"messages": MSG, "frequency_penalty": True}, "frequency_penalty"),
+        ({"messages": MSG, "repetition_penalty": 0}, "repetition_penalty"),
+        ({"messages": MSG, "repetition_penalty": -1.2}, "repetition_penalty"),
+        ({"messages": MSG, "repetition_penalty": float("inf")}, "repetition_penalty"),
+        ({"messages": MSG, "repetition_penalty": 10**400}, "repetition_penalty"),
+        ({"messages": MSG, "repetition_penalty": True}, "repetition_penalty"),
+        ({"messages": MSG, "logprobs": 1}, "logprobs"),  # chat's is a boolean
+        ({"messages": MSG, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"messages": MSG, "logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        ({"messages": MSG, "logprobs": True, "top_logprobs": 2.0}, "top_logprobs"),
+        ({"messages": MSG, "logprobs": True, "top_logprobs": True}, "top_logprobs"),
+        # As OpenAI: alternatives need `logprobs: true`.
         ({"messages": MSG, "top_logprobs": 2}, "top_logprobs"),
-        ({"messages": MSG, "frequency_penalty": 0.5}, "frequency_penalty"),
-        ({"messages": MSG, "presence_penalty": -1}, "presence_penalty"),
+        ({"messages": MSG, "logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+        # Fields OpenAI defines that are not honoured yet: refused, not silently ignored.
         ({"messages": MSG, "response_format": {"type": "json_object"}}, "response_format"),
         ({"messages": MSG, "tools": [{"type": "function"}]}, "tools"),
         ({"messages": MSG, "tool_choice": "auto"}, "tool_choice"),
@@ -169,6 +199,7 @@ NULLS_FOR_EVERY_OPTIONAL_FIELD = {
         "top_logprobs",
         "frequency_penalty",
         "presence_penalty",
+        "repetition_penalty",
         "tools",
         "tool_choice",
         "response_format",
@@ -187,6 +218,23 @@ def test_null_means_unset_for_every_optional_field() -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "field", "value"),
+    [
+        ({"prompt": "hi"}, "top_logprobs", None),
+        ({"prompt": "hi", "logprobs": 0}, "top_logprobs", 0),
+        ({"prompt": "hi", "logprobs": 5}, "top_logprobs", 5),
+        # Chat's fields are unknown extras here, so ignored.
+        ({"prompt": "hi", "top_logprobs": 3}, "top_logprobs", None),
+        ({"prompt": "hi", "presence_penalty": 1.5}, "presence_penalty", 1.5),
+        ({"prompt": "hi", "frequency_penalty": -1}, "frequency_penalty", -1.0),
+        ({"prompt": "hi", "repetition_penalty": 2}, "repetition_penalty", 2.0),
+    ],
+)
+def test_completion_params_are_read(body: dict[str, Any], field: str, value: Any) -> None:
+    assert getattr(parse_completion_request(body, max_context=100).params, field) == value
+
+
+@pytest.mark.parametrize(
     ("body", "param"),
     [
         ({"prompt": "\ud800"}, "prompt"),
@@ -199,7 +247,13 @@ def test_null_means_unset_for_every_optional_field() -> None:
         ({"prompt": "hi", "echo": True}, "echo"),
         ({"prompt": "hi", "suffix": "end"}, "suffix"),
         ({"prompt": "hi", "best_of": 2}, "best_of"),
-        ({"prompt": "hi", "logprobs": 0}, "logprobs"),
+        ({"prompt": "hi", "logprobs": 6}, "logprobs"),
+        ({"prompt": "hi", "logprobs": -1}, "logprobs"),
+        ({"prompt": "hi", "logprobs": True}, "logprobs"),  # completions' is a count
+        ({"prompt": "hi", "logprobs": 1.0}, "logprobs"),
+        ({"prompt": "hi", "presence_penalty": 3}, "presence_penalty"),
+        ({"prompt": "hi", "frequency_penalty": -2.1}, "frequency_penalty"),
+        ({"prompt": "hi", "repetition_penalty": 0.0}, "repetition_penalty"),
     ],
 )
 def test_completion_refusals_name_the_field(body: dict[str, Any], param: str | None) -> None:

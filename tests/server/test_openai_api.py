@@ -182,11 +182,9 @@ def eos_mid_reply(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) ->
         {"config.json": json.dumps(config).encode()},
     )
     _, tokenizer = load(str(tiny_model))
-    detokenizer = tokenizer.detokenizer  # the server's own detokenizer, leading-space rule included
-    for token in tokens[:stop_at]:
-        detokenizer.add_token(token)
-    detokenizer.finalize()
-    expected = {"text": detokenizer.text, "completion_tokens": stop_at + 1}
+    # The text is the tokenizer's decode of the tokens, its first one's leading space kept.
+    text = tokenizer.decode(tokens[:stop_at])
+    expected = {"text": text, "completion_tokens": stop_at + 1}
     (copy / "expected.json").write_text(json.dumps(expected))
     return copy
 

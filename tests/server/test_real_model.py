@@ -24,7 +24,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from tokenizers import Tokenizer
 
 from macprovider.actors.probe_prompt import build_probe_prompt, load_prompt_tokenizer
-from tests.conftest import ServerProcess, StartServer, model_variant
+from tests.conftest import ServerProcess, StartServer, long_lived_server, model_variant
 from tests.model_files import NEURAL_NETWORK, NEURAL_NETWORK_ANSWER
 
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": NEURAL_NETWORK}]
@@ -59,10 +59,7 @@ def reference(smollm2_model: Path) -> Reference:
 def smollm2_server(
     tmp_path_factory: pytest.TempPathFactory, smollm2_model: Path
 ) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("smollm2") / "serve.log"
-    server = ServerProcess(smollm2_model, log, "--max-batch", "2").wait_ready()
-    yield server
-    server.stop()
+    yield from long_lived_server(tmp_path_factory, "smollm2", smollm2_model, "--max-batch", "2")
 
 
 def client(server: ServerProcess) -> openai.OpenAI:

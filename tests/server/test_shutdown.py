@@ -51,7 +51,9 @@ def test_sigterm_ends_streams_with_length_error_and_done(
         plain["reply"] = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
 
     with httpx.Client(timeout=60) as client:
-        body = endless_body(tiny_model, prompt="The", stream=True)
+        body = endless_body(
+            tiny_model, prompt="The", stream=True, stream_options={"include_usage": True}
+        )
         with client.stream("POST", f"{server.url}/v1/completions", json=body) as response:
             payloads = data_lines(response)
             first = json.loads(next(payloads))
@@ -68,12 +70,14 @@ def test_sigterm_ends_streams_with_length_error_and_done(
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
     assert "shutting down" in refused.json()["error"]["message"]
     assert rest[-1] == "[DONE]"
-    *chunks, error = (json.loads(p) for p in rest[:-1])
+    *chunks, usage, error = (json.loads(p) for p in rest[:-1])
     assert error["error"]["message"] == SHUTDOWN_MESSAGE
     assert error["error"]["type"] == "server_error"
     assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
-    assert chunks[-1]["usage"]["completion_tokens"] < ENDLESS  # cut short, as "length" says
+    # Asked for (include_usage): the counts come once, on a last chunk of their own.
+    assert usage["choices"] == [] and all(c["usage"] is None for c in chunks)
+    assert usage["usage"]["completion_tokens"] < ENDLESS  # cut short, as "length" says
     assert plain["reply"].status_code == 503
     assert plain["reply"].json()["error"]["message"] == SHUTDOWN_MESSAGE
     assert server.proc.wait(timeout=10) == 0
