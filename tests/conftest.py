@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 120.0
 POLL_INTERVAL = 0.1
+# A whole generation on this CPU, real model included.
+SLOW_REPLY_S = 120.0
 
 
 def free_port() -> int:
@@ -111,6 +115,21 @@ class ServerProcess:
             if line.startswith(f"{name}{labels} ") or line.startswith(f"{name}{{{labels}}} "):
                 return float(line.rsplit(" ", 1)[1])
         raise AssertionError(f"metric {name}{labels} not found in:\n{text}")
+
+    def post_ok(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A request that must answer 200; its JSON body."""
+        response = httpx.post(f"{self.url}{path}", json=body, timeout=SLOW_REPLY_S)
+        assert response.status_code == 200, response.text
+        reply: dict[str, Any] = response.json()
+        return reply
+
+    def stream_ok(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """A streamed request that must answer 200 and end with `[DONE]`; its data chunks."""
+        with httpx.stream("POST", f"{self.url}{path}", json=body, timeout=SLOW_REPLY_S) as reply:
+            assert reply.status_code == 200
+            lines = [line for line in reply.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -6,7 +6,6 @@ greedy on the same prompt ids, the server's values and best tokens must be the s
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -55,21 +54,6 @@ def reference(
     return steps
 
 
-def post(server: ServerProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.post(f"{server.url}{path}", json=body, timeout=120)
-    assert response.status_code == 200, response.text
-    reply: dict[str, Any] = response.json()
-    return reply
-
-
-def sse(server: ServerProcess, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    with httpx.stream("POST", f"{server.url}{path}", json=body, timeout=120) as response:
-        assert response.status_code == 200
-        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
-    assert lines[-1] == "data: [DONE]"
-    return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
-
-
 def close(a: float, b: float) -> bool:
     return abs(a - b) <= CLOSE
 
@@ -92,7 +76,7 @@ def chat_body(**fields: Any) -> dict[str, Any]:
 
 def test_chat_logprobs_equal_mlx_lms(shared_server: ServerProcess, model: tuple[Any, Any]) -> None:
     prompt = model[1].apply_chat_template(MESSAGES, add_generation_prompt=True)
-    reply = post(shared_server, "/v1/chat/completions", chat_body(logprobs=True, top_logprobs=20))
+    reply = shared_server.post_ok("/v1/chat/completions", chat_body(logprobs=True, top_logprobs=20))
     assert reply["usage"]["prompt_tokens"] == len(prompt), "the premise: the same prompt ids"
     logprobs = reply["choices"][0]["logprobs"]
     assert logprobs["refusal"] is None
@@ -100,7 +84,7 @@ def test_chat_logprobs_equal_mlx_lms(shared_server: ServerProcess, model: tuple[
 
 
 def test_chat_logprobs_alone_are_the_chosen_tokens(shared_server: ServerProcess) -> None:
-    reply = post(shared_server, "/v1/chat/completions", chat_body(logprobs=True))
+    reply = shared_server.post_ok("/v1/chat/completions", chat_body(logprobs=True))
     content = reply["choices"][0]["logprobs"]["content"]
     assert len(content) == TOKENS
     assert all(entry["top_logprobs"] == [] for entry in content)
@@ -116,7 +100,7 @@ def test_completion_logprobs_equal_mlx_lms(
     shared_server: ServerProcess, model: tuple[Any, Any], penalties: dict[str, float]
 ) -> None:
     body = {"prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0, "logprobs": 5} | penalties
-    logprobs = post(shared_server, "/v1/completions", body)["choices"][0]["logprobs"]
+    logprobs = shared_server.post_ok("/v1/completions", body)["choices"][0]["logprobs"]
     expected = reference(model, PROMPT, 5, penalties)
     assert logprobs["tokens"] == [token for token, _, _ in expected]
     for got, (_, value, _) in zip(logprobs["token_logprobs"], expected, strict=True):
@@ -142,8 +126,8 @@ def test_completion_logprobs_equal_mlx_lms(
 def test_each_streamed_chunk_carries_its_own_tokens_logprobs(
     shared_server: ServerProcess, path: str, body: dict[str, Any]
 ) -> None:
-    whole = post(shared_server, path, body)["choices"][0]["logprobs"]
-    chunks = [c["choices"][0] for c in sse(shared_server, path, body | {"stream": True})]
+    whole = shared_server.post_ok(path, body)["choices"][0]["logprobs"]
+    chunks = [c["choices"][0] for c in shared_server.stream_ok(path, body | {"stream": True})]
     chat = "messages" in body
     parts = [c["logprobs"] for c in chunks if c["logprobs"] is not None]
     if chat:
@@ -168,7 +152,7 @@ def test_a_request_without_logprobs_gets_none_beside_one_with(
 ) -> None:
     bodies = [chat_body(logprobs=True, top_logprobs=3), chat_body(), chat_body(logprobs=False)]
     with ThreadPoolExecutor(len(bodies)) as pool:
-        replies = list(pool.map(lambda b: post(shared_server, "/v1/chat/completions", b), bodies))
+        replies = list(pool.map(lambda b: shared_server.post_ok("/v1/chat/completions", b), bodies))
     asked, plain, declined = (r["choices"][0] for r in replies)
     assert len(asked["logprobs"]["content"]) == TOKENS
     assert plain["logprobs"] is None and declined["logprobs"] is None

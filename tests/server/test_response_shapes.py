@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +27,9 @@ def served(server: ServerProcess) -> str:
     return str(httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"][0]["id"])
 
 
-def post(server: ServerProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.post(f"{server.url}{path}", json=body, timeout=60)
-    assert response.status_code == 200, response.text
-    reply: dict[str, Any] = response.json()
-    return reply
-
-
-def sse_events(server: ServerProcess, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    with httpx.stream("POST", f"{server.url}{path}", json=body, timeout=60) as response:
-        assert response.status_code == 200
-        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
-    assert lines[-1] == "data: [DONE]"
-    return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
-
-
 def test_chat_message_has_a_null_refusal(shared_server: ServerProcess) -> None:
     body = {"messages": MESSAGES, "max_tokens": 2, "temperature": 0}
-    message = post(shared_server, CHAT, body)["choices"][0]["message"]
+    message = shared_server.post_ok(CHAT, body)["choices"][0]["message"]
     assert "refusal" in message and message["refusal"] is None
 
 
@@ -60,7 +44,7 @@ def test_stream_without_include_usage_has_no_usage(
     shared_server: ServerProcess, path: str, request_body: dict[str, Any]
 ) -> None:
     body = request_body | {"max_tokens": 4, "temperature": 0, "stream": True}
-    events = sse_events(shared_server, path, body)
+    events = shared_server.stream_ok(path, body)
     assert len(events) >= 2
     assert [e for e in events if "usage" in e] == []
     assert events[-1]["choices"][0]["finish_reason"] == "length"
@@ -76,7 +60,7 @@ def test_include_usage_puts_usage_on_the_final_empty_chunk_only(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    events = sse_events(shared_server, path, body)
+    events = shared_server.stream_ok(path, body)
     *chunks, last = events
     assert last["choices"] == []
     assert last["usage"]["completion_tokens"] == 4
@@ -119,7 +103,7 @@ def test_null_optional_fields_mean_unset(shared_server: ServerProcess) -> None:
         "response_format": None,
         "user": None,
     }
-    reply = post(shared_server, CHAT, body)
+    reply = shared_server.post_ok(CHAT, body)
     assert reply["usage"]["completion_tokens"] == 5
     assert reply["choices"][0]["finish_reason"] == "length"
 
