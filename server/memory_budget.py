@@ -8,7 +8,6 @@ errs on the side of refusing. Activations and MLX's own buffers are not counted.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -24,6 +23,7 @@ from safetensors import SafetensorError
 from macprovider.server.batch_cache import GROUP_SIZE
 from macprovider.server.config import GB, MEMORY_LIMIT_GB, ServeConfig
 from macprovider.server.errors import MemoryBudgetExceeded, ModelLoadError
+from macprovider.server.model_facts import read_config
 from macprovider.server.models import WEIGHT_GLOB, weight_files
 from macprovider.server.safetensors_headers import tensor_headers
 
@@ -221,9 +221,7 @@ def check_memory_budget(config: ServeConfig, model_path: Path) -> None:
 def _estimate(config: ServeConfig, model_path: Path, model: str) -> MemoryNeed:
     try:
         weights = read_weights(model_path)
-        shape = model_shape(
-            json.loads((model_path / "config.json").read_bytes()), weights.dtype_bytes
-        )
+        shape = model_shape(read_config(model_path), weights.dtype_bytes)
     except (OSError, ValueError, SafetensorError) as exc:  # JSONDecodeError is a ValueError
         raise ModelLoadError(f"cannot estimate the memory {model} needs: {exc}") from None
     return estimate_need(
