@@ -18,8 +18,10 @@ A second stop signal, in any phase, is the fastest safe exit: our own providers'
 groups are killed and the process exits 130 without waiting for anything.
 
 This module imports only the standard library: it is installed before anything heavy is
-imported, so a Ctrl-C during start-up never becomes a traceback or a lost signal. (Python's
-own start-up, before our first line runs, is the only window left: tens of milliseconds.)
+imported, so a Ctrl-C during start-up never becomes a traceback or a lost signal. Until it is
+installed, Python's own SIGINT handler raises KeyboardInterrupt; the launcher turns one raised
+in its first lines into the same early exit. (Python's own start-up, before our first line
+runs, is the only window left: tens of milliseconds.)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Final
+from typing import Final, NoReturn
 
 log = logging.getLogger("macprovider.supervisor")
 
@@ -127,8 +129,7 @@ class StopSignals:
         elif self._finished:
             log.info("%s: the run has already ended; finishing its output", name)
         else:
-            _say(f"{PROG}: {name}: stopped before anything started; nothing was changed")
-            os._exit(EXIT_INTERRUPTED)
+            stopped_before_anything(name)
 
     def _exit_now(self, name: str) -> None:
         if self._kill_providers is not None:
@@ -148,6 +149,12 @@ class StopSignals:
 def _ignore_stop_signals() -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def stopped_before_anything(name: str) -> NoReturn:
+    """The early phase's exit: one line, 130, nothing to undo."""
+    _say(f"{PROG}: {name}: stopped before anything started; nothing was changed")
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _say(line: str) -> None:

@@ -11,12 +11,18 @@ import os
 
 
 def main() -> None:
-    from macprovider.server.parent_guard import arm_for_supervisor
+    try:
+        from macprovider.server.parent_guard import arm_for_supervisor
 
-    arm_for_supervisor(os.environ)
-    from macprovider.actors.stop_signals import STOP
+        arm_for_supervisor(os.environ)
+        from macprovider.actors.stop_signals import STOP
 
-    STOP.install()
+        STOP.install()
+    except KeyboardInterrupt:
+        # A Ctrl-C before our handler took over, raised by Python's own: the same early stop.
+        from macprovider.actors.stop_signals import stopped_before_anything
+
+        stopped_before_anything("SIGINT")
     from macprovider.cli.main import main as run_command_line
 
     run_command_line()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,24 @@ def test_a_signal_during_start_up_exits_130_and_writes_nothing(
     assert not autotune.db_path.exists()
     assert config.read_bytes() == ORIGINAL
     assert [p.name for p in config.parent.iterdir()] == ["config.yaml"]  # no state, no backup
+
+
+def test_a_ctrl_c_before_our_handler_took_over_is_the_same_early_stop() -> None:
+    """In the launcher's first lines Python's own SIGINT handler is still in place and raises
+    KeyboardInterrupt (chaos saw one in the parent guard's import): one line and 130, not a
+    traceback and a death by SIGINT. The interrupt is raised where it would land."""
+    script = (
+        "import macprovider.server.parent_guard as guard\n"
+        "def interrupted(env):\n"
+        "    raise KeyboardInterrupt\n"
+        "guard.arm_for_supervisor = interrupted\n"
+        "from macprovider.cli.launch import main\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 130
+    assert done.stderr.splitlines() == [
+        "macprovider-supervise: SIGINT: stopped before anything started; nothing was changed"
+    ]
